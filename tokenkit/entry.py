@@ -1,0 +1,193 @@
+"""Conventions shared by every `python -m tokenkit.<name>` entrypoint.
+
+An entrypoint is a thin absl app: it imports the modules whose Gin configurables it
+needs, then calls `run(main)`. `run` defines nothing itself; the three flags below are
+the only flags in the project:
+
+  --gin_file   (repeatable) Gin files, resolved against the working directory and the
+               repository root, so `experiments/x.gin` and `include 'gin/...'` work from
+               anywhere.
+  --gin_param  (repeatable) single bindings, applied after the files.
+  --workdir    where the run writes its outputs (checkpoints, metrics, the operative
+               config).
+
+Gin is parsed before any heavy work: an unknown configurable or a misspelt parameter
+fails at once with Gin's message and the file it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gin
+from absl import app, flags, logging
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_GIN_FILE = flags.DEFINE_multi_string(
+    "gin_file", [], "Gin config file(s); later files override earlier ones."
+)
+_GIN_PARAM = flags.DEFINE_multi_string(
+    "gin_param", [], "Gin binding(s), e.g. --gin_param='train.steps=10'."
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and the operative config."
+)
+
+OPERATIVE_CONFIG_NAME = "operative_config.gin"
+
+
+class GinConfigError(ValueError):
+    """A Gin file or binding could not be parsed or bound."""
+
+
+def gin_search_paths() -> list[Path]:
+    """Directories Gin resolves relative file names and includes against, in order."""
+    paths = [Path.cwd().resolve(), REPO_ROOT]
+    return list(dict.fromkeys(paths))
+
+
+def resolve_gin_file(name: str) -> Path:
+    """Finds a Gin file on the search path, or says where it looked."""
+    candidate = Path(name).expanduser()
+    if candidate.is_absolute():
+        if candidate.is_file():
+            return candidate
+        raise GinConfigError(f"Gin file {name!r} does not exist.")
+    for root in gin_search_paths():
+        if (root / candidate).is_file():
+            return root / candidate
+    searched = ", ".join(str(p) for p in gin_search_paths())
+    raise GinConfigError(f"Gin file {name!r} not found (searched: {searched}).")
+
+
+def parse_gin(
+    gin_files: Sequence[str] = (),
+    gin_params: Sequence[str] = (),
+    *,
+    finalize: bool = True,
+) -> list[Path]:
+    """Parses Gin files then bindings; errors name the offending file or binding.
+
+    Returns the resolved paths of the files that were parsed.
+    """
+    for path in gin_search_paths():
+        gin.add_config_file_search_path(str(path))
+    resolved = [resolve_gin_file(f) for f in gin_files]
+    for path in resolved:
+        try:
+            gin.parse_config_file(str(path))
+        except Exception as e:  # Gin raises several types; all mean a bad config.
+            raise GinConfigError(f"Bad Gin config in {path}:\n{e}") from e
+    for binding in gin_params:
+        try:
+            gin.parse_config(binding)
+        except Exception as e:
+            raise GinConfigError(f"Bad --gin_param {binding!r}:\n{e}") from e
+    if finalize:
+        gin.finalize()
+    return resolved
+
+
+def save_operative_config(workdir: str | os.PathLike[str] | None) -> Path | None:
+    """Writes the bindings actually used so far into `workdir/operative_config.gin`.
+
+    Only process 0 writes. Safe to call repeatedly (each checkpoint rewrites it).
+    """
+    if workdir is None or process_index() != 0:
+        return None
+    path = Path(workdir) / OPERATIVE_CONFIG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".gin.tmp")
+    tmp.write_text(gin.operative_config_str())
+    tmp.replace(path)
+    return path
+
+
+def process_index() -> int:
+    """Index of this process, without initialising JAX backends when single-process."""
+    if "jax" in sys.modules:
+        import jax
+
+        try:
+            return jax.process_index()
+        except RuntimeError:
+            return 0
+    return 0
+
+
+_MULTIPROCESS_ENV = (
+    # (variable, value that means "more than one process")
+    ("JAX_NUM_PROCESSES", lambda v: int(v) > 1),
+    ("SLURM_NTASKS", lambda v: int(v) > 1),
+    ("OMPI_COMM_WORLD_SIZE", lambda v: int(v) > 1),
+    ("TPU_WORKER_HOSTNAMES", lambda v: "," in v),
+    ("MEGASCALE_NUM_SLICES", lambda v: int(v) > 1),
+)
+
+
+def is_multiprocess_environment(environ: dict[str, str] | None = None) -> bool:
+    """Whether the environment says this is one of several cooperating processes."""
+    environ = dict(os.environ if environ is None else environ)
+    if environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    for name, test in _MULTIPROCESS_ENV:
+        value = environ.get(name)
+        if value:
+            try:
+                if test(value):
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def maybe_initialize_distributed() -> bool:
+    """Calls `jax.distributed.initialize()` when running as one of several processes."""
+    if not is_multiprocess_environment():
+        return False
+    import jax
+
+    logging.info("Multi-process environment detected: initialising jax.distributed.")
+    jax.distributed.initialize()
+    logging.info(
+        "Process %d of %d, %d local / %d global devices.",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True
+
+
+def run(main: Callable[..., Any], *, workdir_required: bool = False) -> None:
+    """Runs an entrypoint: parse flags and Gin, then `main(workdir=...)`.
+
+    `main` is a Gin-configurable function (or calls one); it receives the workdir
+    (a `Path` or None). The operative config is saved into the workdir when `main`
+    returns; long-running mains also save it at each checkpoint.
+    """
+
+    def _main(argv: Sequence[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
+        if workdir_required and not _WORKDIR.value:
+            raise app.UsageError("--workdir is required for this entrypoint.")
+        try:
+            parse_gin(_GIN_FILE.value, _GIN_PARAM.value)
+        except GinConfigError as e:
+            logging.error("%s", e)
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        maybe_initialize_distributed()
+        workdir = Path(_WORKDIR.value) if _WORKDIR.value else None
+        if workdir is not None and process_index() == 0:
+            workdir.mkdir(parents=True, exist_ok=True)
+        main(workdir=workdir)
+        save_operative_config(workdir)
+
+    app.run(_main)
