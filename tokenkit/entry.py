@@ -28,15 +28,25 @@ from absl import app, flags, logging
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-_GIN_FILE = flags.DEFINE_multi_string(
-    "gin_file", [], "Gin config file(s); later files override earlier ones."
-)
-_GIN_PARAM = flags.DEFINE_multi_string(
-    "gin_param", [], "Gin binding(s), e.g. --gin_param='train.steps=10'."
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, metrics and the operative config."
-)
+
+
+def _define_flags() -> None:
+    """Defines the three entrypoint flags (once per process, only when an app runs).
+
+    Defined here rather than at import so that library code importing this module
+    never adds flags to a process that is not an entrypoint.
+    """
+    if "gin_file" in flags.FLAGS:
+        return
+    flags.DEFINE_multi_string(
+        "gin_file", [], "Gin config file(s); later files override earlier ones."
+    )
+    flags.DEFINE_multi_string(
+        "gin_param", [], "Gin binding(s), e.g. --gin_param='train.steps=10'."
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Directory for checkpoints, metrics and the operative config."
+    )
 
 OPERATIVE_CONFIG_NAME = "operative_config.gin"
 
@@ -172,19 +182,22 @@ def run(main: Callable[..., Any], *, workdir_required: bool = False) -> None:
     returns; long-running mains also save it at each checkpoint.
     """
 
+    _define_flags()
+
     def _main(argv: Sequence[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-        if workdir_required and not _WORKDIR.value:
+        workdir_flag = flags.FLAGS.workdir
+        if workdir_required and not workdir_flag:
             raise app.UsageError("--workdir is required for this entrypoint.")
         try:
-            parse_gin(_GIN_FILE.value, _GIN_PARAM.value)
+            parse_gin(flags.FLAGS.gin_file, flags.FLAGS.gin_param)
         except GinConfigError as e:
             logging.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         maybe_initialize_distributed()
-        workdir = Path(_WORKDIR.value) if _WORKDIR.value else None
+        workdir = Path(workdir_flag) if workdir_flag else None
         if workdir is not None and process_index() == 0:
             workdir.mkdir(parents=True, exist_ok=True)
         main(workdir=workdir)
