@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,19 +123,43 @@ def library_name(package_dir: Path) -> str:
     return "_".join(rel.parts)
 
 
+def tracked_python_files(repo: Path = REPO) -> set[Path] | None:
+    """Python files git tracks (or has staged), or None outside a git checkout.
+
+    BUILD describes the tree that is committed: files a collaborator is still writing
+    in the same checkout stay out until they are added.
+    """
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "--cached", "--", "*.py"], cwd=repo,
+            capture_output=True, text=True, check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {repo / line for line in out.splitlines() if line}
+
+
 def collect(repo: Path = REPO) -> list[Target]:
     """All targets of the tree, in a stable order."""
-    package_dirs = sorted(
-        p.parent for p in (repo / "tokenkit").rglob("__init__.py")
-        if "__pycache__" not in p.parts
-    )
+    tracked = tracked_python_files(repo)
+
+    def rglob(root: Path, pattern: str) -> list[Path]:
+        return sorted(
+            p for p in root.rglob(pattern)
+            if "__pycache__" not in p.parts and (tracked is None or p in tracked)
+        )
+
+    def glob(root: Path, pattern: str) -> list[Path]:
+        return [p for p in rglob(root, pattern) if p.parent == root]
+
+    package_dirs = sorted(p.parent for p in rglob(repo / "tokenkit", "__init__.py"))
     module_to_target: dict[str, str] = {}
     libraries: dict[Path, Target] = {}
     binaries: list[Target] = []
     for pkg in package_dirs:
         lib = Target("py_library", library_name(pkg), [])
         libraries[pkg] = lib
-        for py in sorted(pkg.glob("*.py")):
+        for py in glob(pkg, "*.py"):
             rel = py.relative_to(repo)
             module = ".".join(rel.with_suffix("").parts)
             if py.name == "__init__.py":
@@ -143,17 +168,14 @@ def collect(repo: Path = REPO) -> list[Target]:
                 lib.srcs.append(str(rel))
                 module_to_target[module] = ":" + lib.name
     for pkg in package_dirs:
-        for py in sorted(pkg.glob("*.py")):
+        for py in glob(pkg, "*.py"):
             if py.name == "__main__.py" or is_entrypoint(py):
                 rel = py.relative_to(repo)
                 stem = rel.parent.name if py.name == "__main__.py" else py.stem
                 name = stem if rel.parent.name == "tokenkit" or py.name == "__main__.py" \
                     else f"{rel.parent.name}_{stem}"
                 binaries.append(Target("py_binary", name, [str(rel)], main=str(rel)))
-    tool_files = sorted(
-        p for p in (repo / "tools").rglob("*.py")
-        if "__pycache__" not in p.parts and p.name != "__init__.py"
-    )
+    tool_files = [p for p in rglob(repo / "tools", "*.py") if p.name != "__init__.py"]
     tool_lib = Target("py_library", "tools", [])
     for py in tool_files:
         rel = py.relative_to(repo)
@@ -166,9 +188,7 @@ def collect(repo: Path = REPO) -> list[Target]:
             module_to_target[".".join(rel.with_suffix("").parts)] = ":tools"
     tests: list[Target] = []
     test_support = Target("py_library", "test_support", [])
-    for py in sorted((repo / "tests").rglob("*.py")):
-        if "__pycache__" in py.parts:
-            continue
+    for py in rglob(repo / "tests", "*.py"):
         rel = py.relative_to(repo)
         if py.name.startswith("test_"):
             name = "test_" + "_".join(rel.with_suffix("").parts[1:]).removeprefix("test_")

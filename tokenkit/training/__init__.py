@@ -1,0 +1,1 @@
+"""Training: optimizer, parameter partitioning, train step, checkpoints, metrics, loop."""
