@@ -1,0 +1,1 @@
+"""Input pipeline: record sources, encoding with both tokenizers, alignment, batching."""
