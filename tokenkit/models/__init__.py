@@ -1,0 +1,71 @@
+"""Flax decoder-only LMs (Llama, Mistral, Qwen2, Qwen3, Gemma2, Gemma3) in the HF format.
+
+    config, params = load_pretrained("path/or/org-name")
+    model = Transformer(config, dtype=jnp.bfloat16)
+    out = model.apply({"params": params}, input_ids, attention_mask)
+    save_pretrained("out_dir", config, params, tokenizer)
+"""
+
+from tokenkit.models.config import (
+    SUPPORTED_ARCHITECTURES,
+    ModelConfig,
+    RopeConfig,
+    UnsupportedConfigError,
+    from_hf_dict,
+    load_config,
+    to_hf_dict,
+)
+from tokenkit.models.hf_io import load_pretrained, resolve_checkpoint_dir, save_pretrained
+from tokenkit.models.sharding import (
+    DEFAULT_RULES,
+    FSDP_RULES,
+    batch_shardings,
+    cache_shardings,
+    logical_axis_rules,
+    make_mesh,
+    param_logical_axes,
+    param_shardings,
+    param_specs,
+    shard,
+)
+from tokenkit.models.transformer import (
+    KVCache,
+    Transformer,
+    TransformerOutput,
+    abstract_params,
+    embed_tokens,
+    init_cache,
+    init_params,
+    make_transformer,
+)
+
+__all__ = [
+    "DEFAULT_RULES",
+    "FSDP_RULES",
+    "KVCache",
+    "ModelConfig",
+    "RopeConfig",
+    "SUPPORTED_ARCHITECTURES",
+    "Transformer",
+    "TransformerOutput",
+    "UnsupportedConfigError",
+    "abstract_params",
+    "batch_shardings",
+    "cache_shardings",
+    "embed_tokens",
+    "from_hf_dict",
+    "init_cache",
+    "init_params",
+    "load_config",
+    "load_pretrained",
+    "logical_axis_rules",
+    "make_mesh",
+    "make_transformer",
+    "param_logical_axes",
+    "param_shardings",
+    "param_specs",
+    "resolve_checkpoint_dir",
+    "save_pretrained",
+    "shard",
+    "to_hf_dict",
+]

@@ -1,0 +1,596 @@
+"""`ModelConfig`: one frozen description of every supported decoder-only LM, to and from HF.
+
+The seven HF model families we read differ in a handful of switches (biases, q/k norms,
+Gemma's sandwich norms and soft-capping, sliding windows, RoPE variants). `ModelConfig`
+spells those switches out, so one transformer core serves all of them and the config is
+hashable (usable as a static jit argument or a Flax module attribute).
+
+`from_hf_dict` accepts both spellings of RoPE settings found on the hub: the older
+`rope_theta` / `rope_scaling` (/ `rope_local_base_freq` for Gemma3) and transformers-5's
+`rope_parameters` (flat, or nested per layer type for Gemma3). Settings we do not implement
+are refused by name instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+
+# HF `model_type` -> our architecture name. "gemma3" (the multimodal wrapper) is read
+# through its `text_config`; the vision tower is not part of a causal LM.
+_MODEL_TYPES = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "gemma3": "gemma3",
+}
+
+_HF_NAMES = {
+    # architecture -> (model_type, causal LM class name)
+    "llama": ("llama", "LlamaForCausalLM"),
+    "mistral": ("mistral", "MistralForCausalLM"),
+    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+}
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+}
+FULL_ATTENTION = "full_attention"
+SLIDING_ATTENTION = "sliding_attention"
+
+# Keys that carry no meaning for an inference/training forward pass in JAX; they are
+# read without comment. Anything else we do not interpret is listed in one log line.
+_IGNORED_KEYS = frozenset(
+    {
+        "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
+        "use_cache", "initializer_range", "pretraining_tp", "_name_or_path",
+        "output_hidden_states", "output_attentions", "return_dict", "id2label",
+        "label2id", "problem_type", "chunk_size_feed_forward", "is_encoder_decoder",
+        "tie_word_embeddings", "max_window_layers", "use_sliding_window",
+        "_sliding_window_pattern", "cache_implementation", "final_logit_softcapping",
+        "attn_logit_softcapping", "query_pre_attn_scalar", "sliding_window_pattern",
+        "layer_types", "rope_parameters", "rope_scaling", "rope_theta",
+        "rope_local_base_freq", "head_dim", "hidden_act", "hidden_activation",
+        "attention_bias", "mlp_bias", "sliding_window", "attention_dropout",
+        "use_bidirectional_attention", "partial_rotary_factor", "bos_token_id",
+        "eos_token_id", "pad_token_id", "vocab_size", "hidden_size", "intermediate_size",
+        "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "max_position_embeddings", "rms_norm_eps", "auto_map", "quantization_config",
+        "tokenizer_class", "bos_token", "eos_token", "pad_token", "unk_token",
+    }
+)
+
+
+class UnsupportedConfigError(ValueError):
+    """An HF config names an architecture or a setting this package does not implement."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+    """Rotary embedding of one layer type.
+
+    `kind` is `default` (plain RoPE), `linear` (positions divided by `factor`) or `llama3`
+    (Llama-3.1/3.2 frequency-dependent scaling with `low_freq_factor`,
+    `high_freq_factor`, `original_max_position_embeddings`).
+    """
+
+    theta: float = 10_000.0
+    kind: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SUPPORTED_ROPE_TYPES:
+            raise UnsupportedConfigError(
+                f"RoPE type {self.kind!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})."
+            )
+
+    def inv_freq(self, head_dim: int) -> np.ndarray:
+        """Inverse frequencies, float32 `[head_dim // 2]`, as transformers computes them."""
+        exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(
+            head_dim
+        )
+        inv = (1.0 / (np.float32(self.theta) ** exponents)).astype(np.float32)
+        if self.kind == "linear":
+            inv = (inv / np.float32(self.factor)).astype(np.float32)
+        elif self.kind == "llama3":
+            inv = _llama3_scale(inv, self)
+        return inv
+
+    def to_hf(self) -> dict[str, Any]:
+        """The transformers-5 `rope_parameters` dict of this RoPE."""
+        out: dict[str, Any] = {"rope_type": self.kind, "rope_theta": self.theta}
+        if self.kind in ("linear", "llama3"):
+            out["factor"] = self.factor
+        if self.kind == "llama3":
+            out["low_freq_factor"] = self.low_freq_factor
+            out["high_freq_factor"] = self.high_freq_factor
+            out["original_max_position_embeddings"] = self.original_max_position_embeddings
+        return out
+
+
+def _llama3_scale(inv_freq: np.ndarray, rope: RopeConfig) -> np.ndarray:
+    """Llama 3.1 frequency scaling: long wavelengths divided by `factor`, a smooth ramp between."""
+    old_len = float(rope.original_max_position_embeddings)
+    low_wavelen = old_len / rope.low_freq_factor
+    high_wavelen = old_len / rope.high_freq_factor
+    inv = inv_freq.astype(np.float32)
+    wavelen = (2 * math.pi / inv).astype(np.float32)
+    scaled = np.where(wavelen > low_wavelen, inv / np.float32(rope.factor), inv).astype(np.float32)
+    smooth = ((old_len / wavelen - rope.low_freq_factor) / (
+        rope.high_freq_factor - rope.low_freq_factor
+    )).astype(np.float32)
+    smoothed = ((1 - smooth) * scaled / np.float32(rope.factor) + smooth * scaled).astype(np.float32)
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything the transformer core needs to know about one decoder-only LM.
+
+    Built from an HF `config.json` by `from_hf_dict`; written back by `to_hf_dict`. Frozen
+    and hashable. Use `dataclasses.replace(config, vocab_size=...)` to derive variants.
+    """
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    activation: str = "silu"  # silu | gelu_tanh | gelu
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    # Gemma: norms around both sublayers, `(1 + w)` norm weights, embeddings times sqrt(D).
+    sandwich_norms: bool = False
+    norm_offset: float = 0.0
+    scale_embeddings: bool = False
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    # One entry per layer: FULL_ATTENTION or SLIDING_ATTENTION.
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int | None = None
+    rope: RopeConfig = RopeConfig()
+    # RoPE of sliding-window layers where it differs (Gemma3's local base); None = `rope`.
+    rope_local: RopeConfig | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedConfigError(
+                f"Architecture {self.architecture!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})."
+            )
+        if self.activation not in ("silu", "gelu_tanh", "gelu"):
+            raise UnsupportedConfigError(
+                f"Activation {self.activation!r} is not supported (supported: silu, gelu_tanh, gelu)."
+            )
+        if not self.layer_types:
+            object.__setattr__(self, "layer_types", (FULL_ATTENTION,) * self.num_layers)
+        if len(self.layer_types) != self.num_layers:
+            raise ValueError(
+                f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers."
+            )
+        bad = sorted({t for t in self.layer_types} - {FULL_ATTENTION, SLIDING_ATTENTION})
+        if bad:
+            raise UnsupportedConfigError(
+                f"Layer type(s) {bad} not supported (supported: {FULL_ATTENTION}, {SLIDING_ATTENTION})."
+            )
+        if SLIDING_ATTENTION in self.layer_types and not self.sliding_window:
+            raise ValueError("Sliding-attention layers need a positive `sliding_window`.")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}."
+            )
+
+    @property
+    def attention_scale(self) -> float:
+        """Multiplier of q.k: 1/sqrt(head_dim), or 1/sqrt(query_pre_attn_scalar) (Gemma)."""
+        base = self.query_pre_attn_scalar if self.query_pre_attn_scalar else self.head_dim
+        return float(base) ** -0.5
+
+    def layer_windows(self) -> np.ndarray:
+        """int32 `[num_layers]`: the sliding window of each layer, 0 for global attention."""
+        return np.asarray(
+            [self.sliding_window if t == SLIDING_ATTENTION else 0 for t in self.layer_types],
+            dtype=np.int32,
+        )
+
+    def layer_inv_freqs(self) -> np.ndarray:
+        """float32 `[num_layers, head_dim // 2]`: RoPE inverse frequencies of each layer."""
+        local = self.rope_local or self.rope
+        full_f, local_f = self.rope.inv_freq(self.head_dim), local.inv_freq(self.head_dim)
+        return np.stack(
+            [local_f if t == SLIDING_ATTENTION else full_f for t in self.layer_types]
+        ).astype(np.float32)
+
+    def num_params(self) -> int:
+        """Parameter count (embeddings included once when tied)."""
+        d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
+        mlp = 3 * d * f
+        per_layer = attn + mlp + d * (4 if self.sandwich_norms else 2)
+        if self.qk_norm:
+            per_layer += 2 * hd
+        emb = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * per_layer + emb + d
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token: 2 x matmul parameters + attention scores and values."""
+        d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        matmul_params = self.num_layers * (
+            d * hd * (self.num_heads * 2 + self.num_kv_heads * 2) + 3 * d * f
+        ) + self.vocab_size * d
+        attention = self.num_layers * 2 * 2 * self.num_heads * hd * seq_len
+        return 2.0 * matmul_params + attention
+
+
+def _rope_from_dict(d: Mapping[str, Any], default_theta: float, max_pos: int) -> RopeConfig:
+    """One RopeConfig from an HF rope dict (either `rope_scaling` or `rope_parameters` style)."""
+    kind = d.get("rope_type", d.get("type", "default")) or "default"
+    if kind not in SUPPORTED_ROPE_TYPES:
+        raise UnsupportedConfigError(
+            f"RoPE scaling type {kind!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})."
+        )
+    prf = d.get("partial_rotary_factor")
+    if prf not in (None, 1, 1.0):
+        raise UnsupportedConfigError(
+            f"partial_rotary_factor={prf!r} is not supported (only full rotary embeddings, 1.0)."
+        )
+    theta = float(d.get("rope_theta") or default_theta)
+    if kind == "default":
+        return RopeConfig(theta=theta)
+    if kind == "linear":
+        return RopeConfig(theta=theta, kind="linear", factor=float(d["factor"]))
+    return RopeConfig(
+        theta=theta,
+        kind="llama3",
+        factor=float(d["factor"]),
+        low_freq_factor=float(d.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(d.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=int(
+            d.get("original_max_position_embeddings") or max_pos
+        ),
+    )
+
+
+def _read_ropes(hf: Mapping[str, Any], arch: str, max_pos: int) -> tuple[RopeConfig, RopeConfig | None]:
+    """(rope of full-attention layers, rope of sliding layers or None)."""
+    params = hf.get("rope_parameters")
+    scaling = hf.get("rope_scaling")
+    if arch != "gemma3":
+        theta = float(hf.get("rope_theta") or 10_000.0)
+        source = dict(params or {})
+        if scaling:  # the older spelling wins where both are present, as in transformers
+            source = {**source, **scaling}
+        if FULL_ATTENTION in source or SLIDING_ATTENTION in source:
+            raise UnsupportedConfigError(
+                f"Per-layer-type rope_parameters are only supported for gemma3, not {arch!r}."
+            )
+        return _rope_from_dict(source, theta, max_pos), None
+    # Gemma3: global layers default to theta 1e6 (+ `rope_scaling`), local layers to 1e4.
+    params = dict(params or {})
+    if params and FULL_ATTENTION not in params and SLIDING_ATTENTION not in params:
+        params = {FULL_ATTENTION: params}  # a flat dict describes the global layers
+    full = dict(params.get(FULL_ATTENTION) or {})
+    local = dict(params.get(SLIDING_ATTENTION) or {})
+    if scaling:
+        full.update(scaling)
+    full.setdefault("rope_theta", hf.get("rope_theta") or 1_000_000.0)
+    local.setdefault("rope_theta", hf.get("rope_local_base_freq") or 10_000.0)
+    return _rope_from_dict(full, 1_000_000.0, max_pos), _rope_from_dict(local, 10_000.0, max_pos)
+
+
+def _layer_types(hf: Mapping[str, Any], arch: str, n: int) -> tuple[tuple[str, ...], int | None]:
+    window = hf.get("sliding_window")
+    explicit = hf.get("layer_types")
+    if arch in ("llama",):
+        return (FULL_ATTENTION,) * n, None
+    if arch == "mistral":
+        if explicit and any(t != FULL_ATTENTION for t in explicit):
+            raise UnsupportedConfigError(
+                "Mistral configs with alternating `layer_types` are not supported "
+                "(transformers ignores them for mistral as well); use a uniform sliding_window."
+            )
+        return ((SLIDING_ATTENTION if window else FULL_ATTENTION),) * n, window or None
+    if arch in ("qwen2", "qwen3"):
+        if not hf.get("use_sliding_window", False):
+            window = None
+        if explicit:
+            types = tuple(explicit)
+        else:
+            start = int(hf.get("max_window_layers", 28))
+            types = tuple(
+                SLIDING_ATTENTION if window is not None and i >= start else FULL_ATTENTION
+                for i in range(n)
+            )
+        return types, (window if SLIDING_ATTENTION in types else None)
+    if explicit:
+        types = tuple(explicit)
+    else:
+        pattern = 2 if arch == "gemma2" else int(hf.get("sliding_window_pattern", 6))
+        types = tuple(
+            SLIDING_ATTENTION if (i + 1) % pattern else FULL_ATTENTION for i in range(n)
+        )
+    return types, (window if SLIDING_ATTENTION in types else None)
+
+
+def _refuse_unsupported_rope(hf: Mapping[str, Any]) -> None:
+    """Names an unsupported RoPE type before transformers' own validation sees it."""
+    configs = [hf, *([hf["text_config"]] if isinstance(hf.get("text_config"), Mapping) else [])]
+    for cfg in configs:
+        dicts = [cfg.get("rope_scaling"), cfg.get("rope_parameters")]
+        for d in list(dicts):
+            if isinstance(d, Mapping):
+                dicts.extend(v for v in d.values() if isinstance(v, Mapping))
+        for d in dicts:
+            if isinstance(d, Mapping):
+                kind = d.get("rope_type", d.get("type"))
+                if kind is not None and kind not in SUPPORTED_ROPE_TYPES:
+                    raise UnsupportedConfigError(
+                        f"RoPE scaling type {kind!r} is not supported "
+                        f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})."
+                    )
+
+
+def _with_transformers_defaults(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as transformers' own config class completes it (defaults, RoPE spelling).
+
+    A hub config.json omits every value equal to its class default (e.g. Gemma2's
+    soft-capping of 30 and 50); going through the class gives exactly the values the
+    PyTorch model would use.
+    """
+    from transformers import AutoConfig
+
+    kwargs = {k: v for k, v in hf.items() if k not in ("model_type", "transformers_version")}
+    return AutoConfig.for_model(hf["model_type"], **kwargs).to_dict()
+
+
+def from_hf_dict(hf: Mapping[str, Any]) -> ModelConfig:
+    """Builds a ModelConfig from the contents of an HF `config.json`.
+
+    Raises `UnsupportedConfigError` for architectures or settings we do not implement
+    (listing the supported alternatives).
+    """
+    model_type = hf.get("model_type")
+    if model_type not in _MODEL_TYPES:
+        archs = hf.get("architectures")
+        raise UnsupportedConfigError(
+            f"Model type {model_type!r} (architectures {archs}) is not supported; supported "
+            f"model types: {', '.join(sorted(_MODEL_TYPES))}."
+        )
+    arch = _MODEL_TYPES[model_type]
+    _refuse_unsupported_rope(hf)
+    unknown = sorted(k for k in hf if k not in _IGNORED_KEYS and k != "text_config")
+    if unknown:
+        logging.info("HF config keys not used by tokenkit models: %s", unknown)
+    hf = _with_transformers_defaults(hf)
+    if model_type == "gemma3":
+        outer_tie = hf.get("tie_word_embeddings")
+        hf = {**hf["text_config"], "model_type": "gemma3_text"}
+        if outer_tie is not None:
+            hf["tie_word_embeddings"] = outer_tie
+
+    if hf.get("use_bidirectional_attention"):
+        raise UnsupportedConfigError(
+            "use_bidirectional_attention=True is not supported (causal LMs only)."
+        )
+    if hf.get("attention_dropout"):
+        logging.warning(
+            "attention_dropout=%s in the HF config is ignored: tokenkit models have no dropout.",
+            hf["attention_dropout"],
+        )
+    act_name = hf.get("hidden_activation") or hf.get("hidden_act") or (
+        "gelu_pytorch_tanh" if arch in ("gemma2", "gemma3") else "silu"
+    )
+    if act_name not in SUPPORTED_ACTIVATIONS:
+        raise UnsupportedConfigError(
+            f"Activation {act_name!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})."
+        )
+    if hf.get("partial_rotary_factor") not in (None, 1, 1.0):
+        raise UnsupportedConfigError(
+            f"partial_rotary_factor={hf['partial_rotary_factor']!r} is not supported (only 1.0)."
+        )
+    quant = hf.get("quantization_config")
+    if quant:
+        raise UnsupportedConfigError(
+            f"Quantized checkpoints are not supported (quantization_config: {quant})."
+        )
+
+    n = int(hf["num_hidden_layers"])
+    num_heads = int(hf["num_attention_heads"])
+    hidden = int(hf["hidden_size"])
+    head_dim = int(hf.get("head_dim") or hidden // num_heads)
+    max_pos = int(hf.get("max_position_embeddings") or 2048)
+    rope, rope_local = _read_ropes(hf, arch, max_pos)
+    types, window = _layer_types(hf, arch, n)
+    gemma = arch in ("gemma2", "gemma3")
+    attention_bias = bool(hf.get("attention_bias", False))
+    eos = hf.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = tuple(int(e) for e in eos)
+
+    default_tie = gemma
+    return ModelConfig(
+        architecture=arch,
+        vocab_size=int(hf["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(hf["intermediate_size"]),
+        num_layers=n,
+        num_heads=num_heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
+        head_dim=head_dim,
+        max_position_embeddings=max_pos,
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        activation=SUPPORTED_ACTIVATIONS[act_name],
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", default_tie)),
+        qkv_bias=True if arch == "qwen2" else attention_bias,
+        out_bias=False if arch == "qwen2" else attention_bias,
+        mlp_bias=bool(hf.get("mlp_bias", False)) if arch == "llama" else False,
+        qk_norm=arch in ("qwen3", "gemma3"),
+        sandwich_norms=gemma,
+        norm_offset=1.0 if gemma else 0.0,
+        scale_embeddings=gemma,
+        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)) if gemma else None,
+        attn_logit_softcap=(
+            float(hf["attn_logit_softcapping"]) if gemma and hf.get("attn_logit_softcapping") else None
+        ),
+        final_logit_softcap=(
+            float(hf["final_logit_softcapping"])
+            if gemma and hf.get("final_logit_softcapping")
+            else None
+        ),
+        layer_types=types,
+        sliding_window=int(window) if window else None,
+        rope=rope,
+        rope_local=rope_local,
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=eos,
+        pad_token_id=hf.get("pad_token_id"),
+    )
+
+
+def to_hf_dict(config: ModelConfig, *, dtype: str | None = None) -> dict[str, Any]:
+    """The HF `config.json` contents for `config` (transformers' CausalLM class of the family).
+
+    RoPE is written both as transformers-5 `rope_parameters` and as the older
+    `rope_theta` / `rope_scaling` keys, so older readers do not fall back to default RoPE.
+    """
+    arch = config.architecture
+    model_type, cls_name = _HF_NAMES[arch]
+    act = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}[config.activation]
+    out: dict[str, Any] = {
+        "architectures": [cls_name],
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": (
+            list(config.eos_token_id) if isinstance(config.eos_token_id, tuple) else config.eos_token_id
+        ),
+        "pad_token_id": config.pad_token_id,
+        "attention_dropout": 0.0,
+        "use_cache": True,
+    }
+    if dtype is not None:
+        out["dtype"] = dtype
+        out["torch_dtype"] = dtype
+    if arch in ("gemma2", "gemma3"):
+        out["hidden_activation"] = act
+        out["hidden_act"] = act
+    else:
+        out["hidden_act"] = act
+
+    if arch == "qwen2":
+        if config.out_bias or not config.qkv_bias:
+            raise UnsupportedConfigError("qwen2 requires q/k/v biases and no output bias.")
+    elif config.qkv_bias != config.out_bias:
+        raise UnsupportedConfigError(
+            f"{arch} has one `attention_bias` switch; qkv_bias={config.qkv_bias} and "
+            f"out_bias={config.out_bias} cannot be written."
+        )
+    else:
+        out["attention_bias"] = config.qkv_bias
+    if arch == "llama":
+        out["mlp_bias"] = config.mlp_bias
+
+    windowed = SLIDING_ATTENTION in config.layer_types
+    if arch == "mistral":
+        out["sliding_window"] = config.sliding_window if windowed else None
+    elif arch in ("qwen2", "qwen3"):
+        out["use_sliding_window"] = windowed
+        out["sliding_window"] = config.sliding_window
+        out["layer_types"] = list(config.layer_types)
+        first = next((i for i, t in enumerate(config.layer_types) if t == SLIDING_ATTENTION), 0)
+        out["max_window_layers"] = first if windowed else config.num_layers
+    elif arch in ("gemma2", "gemma3"):
+        out["sliding_window"] = config.sliding_window or 4096
+        out["layer_types"] = list(config.layer_types)
+        scalar = config.query_pre_attn_scalar
+        # transformers' strict config classes type this field as int.
+        out["query_pre_attn_scalar"] = int(scalar) if float(scalar).is_integer() else scalar
+        out["attn_logit_softcapping"] = config.attn_logit_softcap
+        out["final_logit_softcapping"] = config.final_logit_softcap
+
+    if arch == "gemma3":
+        local = config.rope_local or config.rope
+        out["rope_parameters"] = {
+            FULL_ATTENTION: config.rope.to_hf(),
+            SLIDING_ATTENTION: local.to_hf(),
+        }
+        out["rope_theta"] = config.rope.theta
+        out["rope_local_base_freq"] = local.theta
+        if local.kind != "default":
+            raise UnsupportedConfigError(
+                f"Gemma3 local-layer RoPE of type {local.kind!r} cannot be written (only default)."
+            )
+        out["rope_scaling"] = (
+            {k: v for k, v in config.rope.to_hf().items() if k != "rope_theta"}
+            if config.rope.kind != "default"
+            else None
+        )
+    else:
+        if config.rope_local is not None and config.rope_local != config.rope:
+            raise UnsupportedConfigError(f"{arch} has a single RoPE; rope_local cannot be written.")
+        out["rope_parameters"] = config.rope.to_hf()
+        out["rope_theta"] = config.rope.theta
+        out["rope_scaling"] = (
+            {k: v for k, v in config.rope.to_hf().items() if k != "rope_theta"}
+            if config.rope.kind != "default"
+            else None
+        )
+    return out
+
+
+def load_config(path: str | os.PathLike[str]) -> ModelConfig:
+    """Reads `config.json` (or a directory containing it) into a ModelConfig."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    with open(path) as f:
+        return from_hf_dict(json.load(f))

@@ -1,0 +1,475 @@
+"""Hugging Face checkpoints (config.json + safetensors) in and out, without conversion.
+
+Loading maps HF tensor names to our tree (stacking the per-layer tensors along a leading
+layers axis) and places each parameter directly with its target sharding:
+`jax.make_array_from_callback` asks for one device shard at a time and the callback reads
+only that slice from the memory-mapped safetensors files (`safe_open(...).get_slice`), so
+no device ever receives, and no host ever assembles, a full copy of a sharded tensor.
+
+Saving writes what `transformers.AutoModelForCausalLM.from_pretrained` reads: config.json
+for the family's CausalLM class and `model.safetensors` (or numbered shards with
+`model.safetensors.index.json` above `max_shard_size`), plus the tokenizer if given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors needs)
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, SingleDeviceSharding
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from tokenkit.models import sharding as sharding_lib
+from tokenkit.models.config import ModelConfig, from_hf_dict, to_hf_dict
+from tokenkit.progress import Progress
+
+SAFE_SINGLE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+# --------------------------------------------------------------------------------------
+# Name mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    """How one of our parameters relates to HF tensors.
+
+    kind: "copy" (same layout), "linear" (ours `[*in, *out]`, HF `[prod(out), prod(in)]`),
+    "bias" (ours `out_shape`, HF `[prod(out)]`). `layered` leaves stack `hf` formatted with
+    each layer index along a leading axis.
+    """
+
+    path: tuple[str, ...]
+    hf: str
+    kind: str
+    layered: bool
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+
+
+def _leaves(config: ModelConfig) -> list[_Leaf]:
+    c = config
+    d, h, k, hd, f = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size
+    layer = "model.layers.{i}."
+    out = [_Leaf(("embedder", "embedding"), "model.embed_tokens.weight", "copy", False)]
+
+    def lin(path, name, i_shape, o_shape, bias):
+        out.append(_Leaf(("layers",) + path + ("kernel",), layer + name + ".weight", "linear", True, i_shape, o_shape))
+        if bias:
+            out.append(_Leaf(("layers",) + path + ("bias",), layer + name + ".bias", "bias", True, (), o_shape))
+
+    def norm(path, name):
+        out.append(_Leaf(("layers",) + path + ("scale",), layer + name + ".weight", "copy", True))
+
+    lin(("attention", "query"), "self_attn.q_proj", (d,), (h, hd), c.qkv_bias)
+    lin(("attention", "key"), "self_attn.k_proj", (d,), (k, hd), c.qkv_bias)
+    lin(("attention", "value"), "self_attn.v_proj", (d,), (k, hd), c.qkv_bias)
+    lin(("attention", "out"), "self_attn.o_proj", (h, hd), (d,), c.out_bias)
+    if c.qk_norm:
+        norm(("attention", "query_norm"), "self_attn.q_norm")
+        norm(("attention", "key_norm"), "self_attn.k_norm")
+    lin(("mlp", "gate"), "mlp.gate_proj", (d,), (f,), c.mlp_bias)
+    lin(("mlp", "up"), "mlp.up_proj", (d,), (f,), c.mlp_bias)
+    lin(("mlp", "down"), "mlp.down_proj", (f,), (d,), c.mlp_bias)
+    norm(("attn_norm",), "input_layernorm")
+    if c.sandwich_norms:
+        norm(("post_attn_norm",), "post_attention_layernorm")
+        norm(("mlp_norm",), "pre_feedforward_layernorm")
+        norm(("post_mlp_norm",), "post_feedforward_layernorm")
+    else:
+        # In Llama-style blocks HF's "post_attention_layernorm" is the norm before the MLP.
+        norm(("mlp_norm",), "post_attention_layernorm")
+    out.append(_Leaf(("final_norm", "scale"), "model.norm.weight", "copy", False))
+    if not c.tie_word_embeddings:
+        out.append(_Leaf(("lm_head", "kernel"), "lm_head.weight", "linear", False, (d,), (c.vocab_size,)))
+    return out
+
+
+def _leaf_shape(leaf: _Leaf, hf_shape: tuple[int, ...], n_layers: int) -> tuple[int, ...]:
+    if leaf.kind == "linear":
+        shape = leaf.in_shape + leaf.out_shape
+    elif leaf.kind == "bias":
+        shape = leaf.out_shape
+    else:
+        shape = tuple(hf_shape)
+    return ((n_layers,) + shape) if leaf.layered else shape
+
+
+def _norm_slices(index: tuple, shape: tuple[int, ...]) -> list[slice]:
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    return [slice(*s.indices(n)) for s, n in zip(index, shape)]
+
+
+def _group(shape: tuple[int, ...], slices: list[slice]) -> tuple[slice, tuple[int, ...], tuple]:
+    """For dims `shape` flattened into one HF dim: the flat range covering `slices` (taking
+    the first dim's range and the other dims whole), the unflattened block shape, and the
+    slices that cut the block down to the request."""
+    rest = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    first = slices[0]
+    block = (first.stop - first.start,) + tuple(shape[1:])
+    return (
+        slice(first.start * rest, first.stop * rest),
+        block,
+        (slice(None),) + tuple(slices[1:]),
+    )
+
+
+def _read_one(leaf: _Leaf, tensor_slice: Any, slices: list[slice]) -> np.ndarray:
+    """The block `slices` of our (per-layer) layout, read from one HF tensor slice handle."""
+    if leaf.kind == "copy":
+        return np.asarray(tensor_slice[tuple(slices)])
+    if leaf.kind == "bias":
+        flat, block, post = _group(leaf.out_shape, slices)
+        return np.asarray(tensor_slice[flat]).reshape(block)[post]
+    n_in = len(leaf.in_shape)
+    in_flat, in_block, in_post = _group(leaf.in_shape, slices[:n_in])
+    out_flat, out_block, out_post = _group(leaf.out_shape, slices[n_in:])
+    raw = np.asarray(tensor_slice[out_flat, in_flat])  # [out, in]
+    raw = raw.reshape(out_block + in_block)
+    n_out = len(leaf.out_shape)
+    perm = tuple(range(n_out, n_out + n_in)) + tuple(range(n_out))
+    return raw.transpose(perm)[in_post + out_post]
+
+
+def _to_hf(leaf: _Leaf, value: np.ndarray) -> np.ndarray:
+    """Our per-layer array in HF layout."""
+    if leaf.kind == "copy":
+        return value
+    if leaf.kind == "bias":
+        return value.reshape(-1)
+    n_in = len(leaf.in_shape)
+    flat_in = int(np.prod(value.shape[:n_in]))
+    return np.ascontiguousarray(value.reshape(flat_in, -1).T)
+
+
+# --------------------------------------------------------------------------------------
+# Locating and opening a checkpoint
+
+
+def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """A local directory for `path_or_hub_id`, downloading config and safetensors from the hub.
+
+    A path that looks local (absolute, starting with `.`/`~`, or not of the `org/name` form)
+    and does not exist is an error; it is never sent to the hub.
+    """
+    text = os.fspath(path_or_hub_id)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists():
+        raise NotADirectoryError(f"Checkpoint path {text!r} is a file; expected a directory.")
+    if text.startswith((".", "/", "~")) or os.sep in text.replace("/", "", 1) or not _HUB_ID.match(text):
+        raise FileNotFoundError(f"Checkpoint directory {text!r} does not exist.")
+    from huggingface_hub import snapshot_download
+
+    logging.info("Downloading %s from the Hugging Face hub.", text)
+    try:
+        return Path(
+            snapshot_download(text, revision=revision, allow_patterns=["*.json", "*.safetensors"])
+        )
+    except Exception as e:  # hub errors come in many types; all mean "not found".
+        raise FileNotFoundError(
+            f"{text!r} is not a local directory and could not be fetched from the hub: {e}"
+        ) from e
+
+
+class _Checkpoint:
+    """Open safetensors files of one checkpoint and the tensor-name -> file map."""
+
+    def __init__(self, directory: Path):
+        index = directory / SAFE_INDEX
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        elif (directory / SAFE_SINGLE).exists():
+            with safe_open(directory / SAFE_SINGLE, framework="numpy") as f:
+                weight_map = {k: SAFE_SINGLE for k in f.keys()}
+        else:
+            found = sorted(p.name for p in directory.iterdir())
+            raise FileNotFoundError(
+                f"No {SAFE_SINGLE} or {SAFE_INDEX} in {directory} (found: {found})."
+            )
+        self.weight_map: dict[str, str] = weight_map
+        self._files: dict[str, Any] = {}
+        self._directory = directory
+
+    def slice(self, name: str) -> Any:
+        fname = self.weight_map[name]
+        if fname not in self._files:
+            self._files[fname] = safe_open(self._directory / fname, framework="numpy")
+        return self._files[fname].get_slice(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.slice(name).get_shape())
+
+    def close(self) -> None:
+        self._files.clear()
+
+
+def _name_mapper(names: Mapping[str, Any]) -> Callable[[str], str]:
+    """Maps our HF-style names to the checkpoint's: multimodal Gemma3 checkpoints nest the
+    text model (`language_model.model.*` in older, `model.language_model.*` in newer ones)."""
+    if "model.embed_tokens.weight" in names:
+        return lambda name: name
+    if "language_model.model.embed_tokens.weight" in names:
+        return lambda name: "language_model." + name
+    if "model.language_model.embed_tokens.weight" in names:
+        return lambda name: (
+            "model.language_model." + name[len("model."):] if name.startswith("model.") else name
+        )
+    raise KeyError(
+        "No embedding tensor (model.embed_tokens.weight) found in the checkpoint; "
+        f"first names: {sorted(names)[:8]}"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+
+
+def load_pretrained(
+    path_or_hub_id: str | os.PathLike[str],
+    *,
+    mesh: Mesh | None = None,
+    rules: sharding_lib.Rules | None = None,
+    dtype: Any = jnp.float32,
+    revision: str | None = None,
+) -> tuple[ModelConfig, dict]:
+    """Reads an HF checkpoint into (ModelConfig, params).
+
+    Args:
+      path_or_hub_id: a local directory or a hub id (`org/name`).
+      mesh: place each parameter with its sharding on this mesh; None puts them on the
+        first device.
+      rules: logical axis rules (default: `sharding.DEFAULT_RULES`).
+      dtype: parameter dtype (default float32); None keeps each tensor's stored dtype.
+      revision: hub revision, for hub ids.
+    """
+    directory = resolve_checkpoint_dir(path_or_hub_id, revision)
+    with open(directory / "config.json") as f:
+        raw_config = json.load(f)
+    config = from_hf_dict(raw_config)
+    ckpt = _Checkpoint(directory)
+    try:
+        params = _load_params(config, ckpt, mesh, rules, dtype)
+    finally:
+        ckpt.close()
+    return config, params
+
+
+def _load_params(config, ckpt: _Checkpoint, mesh, rules, dtype) -> dict:
+    rename = _name_mapper(ckpt.weight_map)
+    leaves = _leaves(config)
+    needed: dict[str, _Leaf] = {}
+    missing = []
+    for leaf in leaves:
+        layer_ids = range(config.num_layers) if leaf.layered else [None]
+        for i in layer_ids:
+            name = rename(leaf.hf.format(i=i))
+            if name not in ckpt.weight_map:
+                missing.append(name)
+            needed[name] = leaf
+    if missing:
+        raise KeyError(
+            f"{len(missing)} tensor(s) missing from the checkpoint for {config.architecture}: "
+            f"{missing[:10]}{' ...' if len(missing) > 10 else ''}"
+        )
+    unused = sorted(set(ckpt.weight_map) - set(needed))
+    if unused:
+        logging.warning(
+            "%d checkpoint tensor(s) not used by the %s model (e.g. %s).",
+            len(unused), config.architecture, unused[:5],
+        )
+
+    shardings = None
+    if mesh is not None:
+        shardings = sharding_lib.param_shardings(config, mesh, rules)
+    target = None if dtype is None else np.dtype(jnp.dtype(dtype))
+
+    params: dict = {}
+    for leaf in Progress.wrap(leaves, desc="loading parameters", unit="tensors"):
+        first = rename(leaf.hf.format(i=0))
+        shape = _leaf_shape(leaf, ckpt.shape(first), config.num_layers)
+        if shardings is not None:
+            sharding = _get(shardings, leaf.path)
+        else:
+            sharding = SingleDeviceSharding(jax.devices()[0])
+        stored = ckpt.slice(first).get_dtype()
+        arr_dtype = target if target is not None else _np_dtype(stored)
+        callback = _make_callback(leaf, ckpt, rename, shape, arr_dtype)
+        _set(params, leaf.path, jax.make_array_from_callback(shape, sharding, callback))
+    return params
+
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64}
+
+
+def _np_dtype(name: str) -> np.dtype:
+    if name not in _ST_DTYPES:
+        raise ValueError(f"Unsupported safetensors dtype {name!r} (supported: {', '.join(_ST_DTYPES)}).")
+    return np.dtype(_ST_DTYPES[name])
+
+
+def _make_callback(leaf: _Leaf, ckpt: _Checkpoint, rename: Callable[[str], str], shape, dtype) -> Callable:
+    def callback(index: tuple) -> np.ndarray:
+        slices = _norm_slices(index, shape)
+        if not leaf.layered:
+            return _read_one(leaf, ckpt.slice(rename(leaf.hf)), slices).astype(dtype)
+        layers = range(slices[0].start, slices[0].stop, slices[0].step)
+        blocks = [
+            _read_one(leaf, ckpt.slice(rename(leaf.hf.format(i=i))), slices[1:]).astype(dtype)
+            for i in layers
+        ]
+        return np.stack(blocks)
+
+    return callback
+
+
+def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _flat_paths(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _flat_paths(value, prefix + (key,))
+        else:
+            yield prefix + (key,)
+
+
+# --------------------------------------------------------------------------------------
+# Saving
+
+_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string like "5GB" / "500MiB" (HF's convention: GB = 1e9)."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B)\s*", size.upper())
+    if not match:
+        raise ValueError(f"Size {size!r} not understood (examples: 5GB, 500MB, 2GiB, 1000000).")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _host_array(x: Any) -> np.ndarray:
+    """A full host copy of a (possibly multi-host sharded) array."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+def _st_dtype_name(dt: np.dtype) -> str:
+    return {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
+            np.dtype(ml_dtypes.bfloat16): "bfloat16"}.get(np.dtype(dt), str(dt))
+
+
+def save_pretrained(
+    out_dir: str | os.PathLike[str],
+    config: ModelConfig,
+    params: Mapping[str, Any],
+    tokenizer: Any | None = None,
+    *,
+    max_shard_size: int | str = "5GB",
+    dtype: Any = None,
+) -> Path:
+    """Writes an HF checkpoint that `transformers.AutoModelForCausalLM` loads.
+
+    Args:
+      out_dir: directory to create or overwrite files in.
+      config, params: the model.
+      tokenizer: anything with `save_pretrained(dir)` (optional).
+      max_shard_size: above this many bytes, tensors go to numbered shards plus an index.
+      dtype: dtype of the written tensors (e.g. "bfloat16"); None keeps the params' dtype.
+
+    Only process 0 writes; all processes must call it (multi-host arrays are gathered).
+    Parameters outside the HF format (e.g. `expand_embedder`) are not written; they are
+    listed in a warning.
+    """
+    out = Path(out_dir)
+    leaves = _leaves(config)
+    covered = {leaf.path for leaf in leaves}
+    extra = [p for p in _flat_paths(params) if p not in covered]
+    if extra:
+        logging.warning(
+            "%d parameter(s) have no place in the HF format and are not saved: %s",
+            len(extra), ["/".join(p) for p in extra],
+        )
+    missing = [leaf.path for leaf in leaves if not _has(params, leaf.path)]
+    if missing:
+        hint = " (untied model without lm_head?)" if ("lm_head", "kernel") in missing else ""
+        raise KeyError(f"Parameters missing for {config.architecture}{hint}: {missing}")
+    target = None if dtype is None else np.dtype(jnp.dtype(dtype))
+    limit = parse_size(max_shard_size)
+    write = jax.process_index() == 0
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+
+    shards: list[dict[str, np.ndarray]] = [{}]
+    sizes = [0]
+    stored_dtype = None
+    for leaf in Progress.wrap(leaves, desc="saving parameters", unit="tensors"):
+        value = _host_array(_get(params, leaf.path))
+        if target is not None:
+            value = value.astype(target)
+        stored_dtype = stored_dtype or value.dtype
+        per_layer = [(leaf.hf.format(i=i), value[i]) for i in range(value.shape[0])] if leaf.layered else [(leaf.hf, value)]
+        for name, v in per_layer:
+            tensor = np.ascontiguousarray(_to_hf(leaf, v))
+            if sizes[-1] and sizes[-1] + tensor.nbytes > limit:
+                shards.append({})
+                sizes.append(0)
+            shards[-1][name] = tensor
+            sizes[-1] += tensor.nbytes
+
+    if write:
+        for old in list(out.glob("model*.safetensors")) + [out / SAFE_INDEX]:
+            if old.exists():
+                old.unlink()  # stale shards of an earlier save would confuse loaders
+        hf_config = to_hf_dict(config, dtype=_st_dtype_name(stored_dtype))
+        (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        if len(shards) == 1:
+            save_file(shards[0], out / SAFE_SINGLE, metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for n, shard in enumerate(shards, start=1):
+                fname = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, out / fname, metadata={"format": "pt"})
+                weight_map.update({name: fname for name in shard})
+            index = {"metadata": {"total_size": int(sum(sizes))}, "weight_map": weight_map}
+            (out / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+        logging.info("Saved %s checkpoint to %s (%d shard(s)).", config.architecture, out, len(shards))
+    return out
+
+
+def _has(tree: Mapping, path: tuple[str, ...]) -> bool:
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return False
+        tree = tree[key]
+    return True

@@ -1,0 +1,543 @@
+"""One decoder-only transformer core for Llama, Mistral, Qwen2, Qwen3, Gemma2 and Gemma3.
+
+The architectures differ only in switches of `ModelConfig`; the per-layer differences
+(sliding window or global attention, Gemma3's local/global RoPE bases) are data, passed to
+the layer stack as scanned inputs. The layers run under `nn.scan` with stacked parameters
+(a leading "layers" axis), so compile time does not grow with depth; `remat_policy` wraps
+each layer in `jax.checkpoint`.
+
+Parameter tree (plain dict; logical axis names in brackets, see `sharding.py`):
+
+    embedder/embedding              [V, D]          (vocab, embed)
+    layers/attn_norm/scale          [L, D]          (layers, norm)
+    layers/attention/query/kernel   [L, D, H, hd]   (layers, embed, heads, head_dim)
+    layers/attention/key/kernel     [L, D, K, hd]   (layers, embed, kv_heads, head_dim)
+    layers/attention/value/kernel   [L, D, K, hd]
+    layers/attention/out/kernel     [L, H, hd, D]   (layers, heads, head_dim, embed)
+    layers/attention/{query,key}_norm/scale  [L, hd]   (qk_norm only)
+    layers/post_attn_norm/scale, layers/post_mlp_norm/scale  (Gemma sandwich norms)
+    layers/mlp_norm/scale           [L, D]
+    layers/mlp/{gate,up}/kernel     [L, D, F]       (layers, embed, mlp)
+    layers/mlp/down/kernel          [L, F, D]       (layers, mlp, embed)
+    final_norm/scale                [D]             (norm)
+    lm_head/kernel                  [D, V]          (embed, vocab)   (untied only)
+    expand_embedder/embedding       [V', D]         optional, see below
+
+Norm weights are stored as HF stores them; Gemma's `(1 + w)` is applied in the norm.
+
+Conventions of a forward pass:
+- right padding with an attention mask; positions are `cumsum(mask) - 1`, so padded
+  tokens attend to nothing real and real tokens never attend to padding;
+- `output_hidden_states` returns `[L + 1, B, T, D]`, as HF's `output_hidden_states`: the
+  embedding output, the output of layers 0..L-2, and the final-normed output of the last
+  layer (HF replaces the last entry by the normed one; so do we);
+- a `KVCache` of fixed length holds, for each row, tokens at slots equal to their
+  positions; `lengths[b]` counts the tokens of row b already in the cache. A call with a
+  cache writes the real tokens of `input_ids` after them, so prompts of different lengths
+  (right-padded) are prefilled together and then decoded one or more tokens per step;
+- input-id expansion: when `expanded_input_ids` is given, the rows of
+  `params["expand_embedder"]["embedding"]` they index are added to the token embeddings
+  *before* Gemma's sqrt(D) scaling, so both tables are scaled alike (as the upstream did
+  by embedding each id sequence through the scaled embed function and summing).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokenkit.models.config import ModelConfig
+
+Array = jax.Array
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+_MASKED = float(np.finfo(np.float32).min)
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys/values of all layers for incremental decoding.
+
+    `key`, `value`: `[L, B, S, K, hd]`; slot s of row b holds the token at position s.
+    `lengths`: int32 `[B]`, the number of tokens of each row already in the cache.
+    """
+
+    key: Array
+    value: Array
+    lengths: Array
+
+    @property
+    def max_length(self) -> int:
+        return self.key.shape[2]
+
+
+@flax.struct.dataclass
+class TransformerOutput:
+    """What a forward pass returns; fields not requested are None."""
+
+    logits: Array | None
+    hidden_states: Array | None  # [L + 1, B, T, D]
+    cache: KVCache | None
+
+
+def init_cache(
+    config: ModelConfig, batch_size: int, max_length: int, dtype: Any = jnp.float32
+) -> KVCache:
+    """An empty cache for `batch_size` rows of up to `max_length` tokens."""
+    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    return KVCache(
+        key=jnp.zeros(shape, dtype),
+        value=jnp.zeros(shape, dtype),
+        lengths=jnp.zeros((batch_size,), jnp.int32),
+    )
+
+
+def _dtype(x: Any) -> Any:
+    return jnp.dtype(x) if x is not None else None
+
+
+class RMSNorm(nn.Module):
+    """RMS norm in float32; the weight is `offset + scale` (offset 1 for Gemma)."""
+
+    eps: float
+    offset: float
+    dtype: Any
+    param_dtype: Any
+    axis_name: str = "norm"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        init = nn.initializers.zeros if self.offset else nn.initializers.ones
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(init, (self.axis_name,)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (y * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
+
+
+class Projection(nn.Module):
+    """A linear map from the trailing `in_shape` dims of x to `out_shape` dims.
+
+    If the "lora" collection holds `a` `[prod(in), r]` and `b` `[r, prod(out)]` for this
+    module, `lora_alpha / r * (x a) b` is added: the low-rank path never materialises
+    the full-size update.
+    """
+
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    in_axes: tuple[str, ...]
+    out_axes: tuple[str, ...]
+    use_bias: bool
+    dtype: Any
+    param_dtype: Any
+    init_std: float = 0.02
+    lora_alpha: float | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(
+                nn.initializers.normal(self.init_std), self.in_axes + self.out_axes
+            ),
+            self.in_shape + self.out_shape,
+            self.param_dtype,
+        )
+        n_in = len(self.in_shape)
+        x = x.astype(self.dtype)
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        y = jax.lax.dot_general(x, kernel.astype(self.dtype), (contract, ((), ())))
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
+                self.out_shape,
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        if self.has_variable("lora", "a"):
+            if self.lora_alpha is None:
+                raise ValueError("LoRA parameters were given but the model has no lora_alpha.")
+            a = self.get_variable("lora", "a")
+            b = self.get_variable("lora", "b")
+            flat = x.reshape(x.shape[: x.ndim - n_in] + (-1,))
+            delta = (flat @ a.astype(self.dtype)) @ b.astype(self.dtype)
+            scale = jnp.asarray(self.lora_alpha / a.shape[-1], self.dtype)
+            y = y + (scale * delta).reshape(y.shape)
+        return y
+
+
+def _rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotary embedding, rotate-half layout (HF's q/k weight order). x: [B, T, N, hd]."""
+    angles = positions.astype(jnp.float32)[:, :, None] * inv_freq.astype(jnp.float32)[None, None]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def attention_allowed(q_pos: Array, k_pos: Array, k_valid: Array, window: Array) -> Array:
+    """bool `[B, T, S]`: query t may attend key s (causal, valid, inside the window if any)."""
+    diff = q_pos[:, :, None] - k_pos[:, None, :]
+    allowed = k_valid[:, None, :] & (diff >= 0)
+    return allowed & ((window <= 0) | (diff < window))
+
+
+def _einsum_attention(
+    q: Array, k: Array, v: Array, allowed: Array, scale: float, softcap: float | None
+) -> Array:
+    """Grouped-query attention with float32 scores and softmax. q: [B,T,H,hd], k/v: [B,S,K,hd]."""
+    b, t, h, hd = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    if softcap:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(allowed[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, hd)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    dtype: Any
+    param_dtype: Any
+    lora_alpha: float | None
+    attention_impl: str
+
+    @nn.compact
+    def __call__(self, x: Array, inv_freq: Array, window: Array, kv: dict, cache_kv) -> tuple:
+        c = self.config
+        d, h, k, hd = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+        proj = dict(
+            dtype=self.dtype, param_dtype=self.param_dtype, lora_alpha=self.lora_alpha
+        )
+        q = Projection((d,), (h, hd), ("embed",), ("heads", "head_dim"), c.qkv_bias, name="query", **proj)(x)
+        key = Projection((d,), (k, hd), ("embed",), ("kv_heads", "head_dim"), c.qkv_bias, name="key", **proj)(x)
+        value = Projection((d,), (k, hd), ("embed",), ("kv_heads", "head_dim"), c.qkv_bias, name="value", **proj)(x)
+        if c.qk_norm:
+            norm = dict(eps=c.rms_norm_eps, offset=c.norm_offset, dtype=self.dtype,
+                        param_dtype=self.param_dtype, axis_name="head_dim")
+            q = RMSNorm(name="query_norm", **norm)(q)
+            key = RMSNorm(name="key_norm", **norm)(key)
+        q = _rope(q, kv["q_pos"], inv_freq)
+        key = _rope(key, kv["q_pos"], inv_freq)
+
+        if cache_kv is not None:
+            cache_k, cache_v = cache_kv
+            write = jax.vmap(lambda buf, idx, new: buf.at[idx].set(new, mode="drop"))
+            cache_k = write(cache_k, kv["write_idx"], key.astype(cache_k.dtype))
+            cache_v = write(cache_v, kv["write_idx"], value.astype(cache_v.dtype))
+            all_k, all_v = cache_k.astype(self.dtype), cache_v.astype(self.dtype)
+            new_cache = (cache_k, cache_v)
+        else:
+            all_k, all_v = key, value
+            new_cache = None
+
+        allowed = attention_allowed(kv["q_pos"], kv["k_pos"], kv["k_valid"], window)
+        if self.attention_impl == "einsum":
+            out = _einsum_attention(q, all_k, all_v, allowed, c.attention_scale, c.attn_logit_softcap)
+        else:
+            if c.attn_logit_softcap:
+                raise ValueError(
+                    f"attention_impl={self.attention_impl!r} has no logit soft-capping, which "
+                    f"{c.architecture} uses; use attention_impl='einsum'."
+                )
+            out = jax.nn.dot_product_attention(
+                q, all_k, all_v, mask=allowed[:, None], scale=c.attention_scale,
+                implementation=self.attention_impl,
+            )
+        y = Projection((h, hd), (d,), ("heads", "head_dim"), ("embed",), c.out_bias, name="out", **proj)(out)
+        return y, new_cache
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+    dtype: Any
+    param_dtype: Any
+    lora_alpha: float | None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = self.config
+        proj = dict(
+            dtype=self.dtype, param_dtype=self.param_dtype, lora_alpha=self.lora_alpha,
+            use_bias=c.mlp_bias,
+        )
+        d, f = c.hidden_size, c.intermediate_size
+        gate = Projection((d,), (f,), ("embed",), ("mlp",), name="gate", **proj)(x)
+        up = Projection((d,), (f,), ("embed",), ("mlp",), name="up", **proj)(x)
+        if c.activation == "silu":
+            act = jax.nn.silu(gate)
+        else:
+            act = jax.nn.gelu(gate, approximate=c.activation == "gelu_tanh")
+        return Projection((f,), (d,), ("mlp",), ("embed",), name="down", **proj)(act * up)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm block (plus Gemma's post-norms). Called under `nn.scan`."""
+
+    config: ModelConfig
+    dtype: Any
+    param_dtype: Any
+    lora_alpha: float | None
+    attention_impl: str
+    output_hidden_states: bool
+
+    @nn.compact
+    def __call__(self, x: Array, per_layer: dict, shared: dict) -> tuple[Array, tuple]:
+        c = self.config
+        norm = dict(eps=c.rms_norm_eps, offset=c.norm_offset, dtype=self.dtype,
+                    param_dtype=self.param_dtype)
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+        h = RMSNorm(name="attn_norm", **norm)(x)
+        h, new_cache = Attention(
+            c, self.dtype, self.param_dtype, self.lora_alpha, self.attention_impl, name="attention"
+        )(h, per_layer["inv_freq"], per_layer["window"], shared, per_layer.get("cache"))
+        if c.sandwich_norms:
+            h = RMSNorm(name="post_attn_norm", **norm)(h)
+        x = x + h
+        h = RMSNorm(name="mlp_norm", **norm)(x)
+        h = MLP(c, self.dtype, self.param_dtype, self.lora_alpha, name="mlp")(h)
+        if c.sandwich_norms:
+            h = RMSNorm(name="post_mlp_norm", **norm)(h)
+        x = (x + h).astype(self.dtype)
+        return x, (x if self.output_hidden_states else None, new_cache)
+
+
+class Transformer(nn.Module):
+    """Decoder-only causal LM. `apply({"params": p[, "lora": l]}, input_ids, attention_mask, ...)`.
+
+    Attributes:
+      config: the model's ModelConfig.
+      dtype: compute dtype (activations, matmul inputs), e.g. bfloat16.
+      param_dtype: dtype parameters are created in by `init` (loading keeps the given dtype).
+      remat_policy: one of REMAT_POLICIES ("none", "full", "dots", "dots_no_batch").
+      logits_dtype: dtype of the logits matmul output (float32 keeps full-precision logits
+        with bf16 inputs); None means `dtype`.
+      lora_alpha: LoRA scaling numerator, needed when a "lora" collection is given.
+      attention_impl: "einsum" (default; supports soft-capping), or "xla" / "cudnn"
+        through `jax.nn.dot_product_attention`.
+    """
+
+    config: ModelConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    remat_policy: str = "none"
+    logits_dtype: Any = jnp.float32
+    lora_alpha: float | None = None
+    attention_impl: str = "einsum"
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        *,
+        expanded_input_ids: Array | None = None,
+        inputs_embeds: Array | None = None,
+        cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+        return_logits: bool = True,
+    ) -> TransformerOutput:
+        """Runs the model on `input_ids` `[B, T]` (right-padded; `attention_mask` 1 = real).
+
+        `inputs_embeds` (`[B, T, D]`, already scaled as the model would) replaces the
+        embedding lookup. With `cache`, the real tokens are appended to each row's cache
+        and the updated cache is returned.
+        """
+        c = self.config
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy {self.remat_policy!r} unknown (valid: {', '.join(REMAT_POLICIES)})."
+            )
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"attention_impl {self.attention_impl!r} unknown (valid: {', '.join(ATTENTION_IMPLS)})."
+            )
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        mask = attention_mask.astype(bool)
+        steps = jnp.cumsum(mask.astype(jnp.int32), axis=1)
+
+        embedding = _Table((c.vocab_size, c.hidden_size), ("vocab", "embed"), "embedding",
+                           self.param_dtype, name="embedder")()
+        if inputs_embeds is None:
+            extra = None
+            if expanded_input_ids is not None:
+                if not self.has_variable("params", "expand_embedder"):
+                    raise ValueError(
+                        "expanded_input_ids were given but the params have no "
+                        "expand_embedder/embedding table."
+                    )
+                extra = self.get_variable("params", "expand_embedder")["embedding"]
+            x = embed_tokens(c, embedding, input_ids, extra, expanded_input_ids, self.dtype)
+        else:
+            x = inputs_embeds.astype(self.dtype)
+
+        if cache is None:
+            q_pos = steps - 1
+            shared = {"q_pos": q_pos, "k_pos": q_pos, "k_valid": mask}
+            cache_in = None
+        else:
+            q_pos = cache.lengths[:, None] + steps - 1
+            new_lengths = cache.lengths + steps[:, -1]
+            slots = jnp.arange(cache.max_length, dtype=jnp.int32)[None, :]
+            shared = {
+                "q_pos": q_pos,
+                "k_pos": jnp.broadcast_to(slots, (b, cache.max_length)),
+                "k_valid": slots < new_lengths[:, None],
+                # Padding tokens get an out-of-range slot: the scatter drops them.
+                "write_idx": jnp.where(mask, q_pos, cache.max_length),
+            }
+            cache_in = (cache.key, cache.value)
+
+        per_layer = {
+            "inv_freq": jnp.asarray(c.layer_inv_freqs()),
+            "window": jnp.asarray(c.layer_windows()),
+        }
+        if cache_in is not None:
+            per_layer["cache"] = cache_in
+
+        block = DecoderLayer
+        policy = REMAT_POLICIES[self.remat_policy]
+        if self.remat_policy != "none":
+            block = nn.remat(block, policy=policy, prevent_cse=False)
+        stack = nn.scan(
+            block,
+            variable_axes={"params": 0, "lora": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast),
+            length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(
+            c, self.dtype, self.param_dtype, self.lora_alpha, self.attention_impl,
+            output_hidden_states, name="layers",
+        )
+        embedded = x
+        x, (layer_outputs, new_kv) = stack(x, per_layer, shared)
+        x = RMSNorm(c.rms_norm_eps, c.norm_offset, self.dtype, self.param_dtype, name="final_norm")(x)
+
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = jnp.concatenate(
+                [embedded[None], layer_outputs[:-1], x[None]], axis=0
+            )
+
+        logits = None
+        if return_logits:
+            out_dtype = self.logits_dtype or self.dtype
+            if c.tie_word_embeddings:
+                w = embedding.T
+            else:
+                w = _Table((c.hidden_size, c.vocab_size), ("embed", "vocab"), "kernel",
+                           self.param_dtype, name="lm_head")()
+            logits = jnp.einsum(
+                "btd,dv->btv", x.astype(self.dtype), w.astype(self.dtype),
+                preferred_element_type=out_dtype,
+            ).astype(out_dtype)
+            if c.final_logit_softcap:
+                cap = c.final_logit_softcap
+                logits = jnp.tanh(logits / cap) * cap
+
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(key=new_kv[0], value=new_kv[1], lengths=new_lengths)
+        return TransformerOutput(logits=logits, hidden_states=hidden_states, cache=new_cache)
+
+
+
+class _Table(nn.Module):
+    """Holds one parameter matrix (embedding table or lm_head kernel) under its own name."""
+
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    param_name: str
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self) -> Array:
+        return self.param(
+            self.param_name,
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), self.axes),
+            self.shape,
+            self.param_dtype,
+        )
+
+
+def embed_tokens(
+    config: ModelConfig,
+    table: Array,
+    input_ids: Array,
+    extra_table: Array | None = None,
+    extra_ids: Array | None = None,
+    dtype: Any = jnp.float32,
+) -> Array:
+    """Input embeddings as the model computes them: rows of `table` (+ rows of
+    `extra_table` at `extra_ids`, the input-id expansion), then Gemma's sqrt(D) scaling."""
+    x = jnp.take(table, input_ids, axis=0).astype(dtype)
+    if extra_ids is not None:
+        x = x + jnp.take(extra_table, extra_ids, axis=0).astype(dtype)
+    if config.scale_embeddings:
+        # Gemma rounds the scale to the compute dtype (sqrt(3072) is 55.5 in bf16).
+        x = x * jnp.asarray(math.sqrt(config.hidden_size), dtype)
+    return x
+
+
+@gin.configurable
+def make_transformer(
+    config: ModelConfig,
+    *,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+    remat_policy: str = "none",
+    logits_dtype: str | None = "float32",
+    lora_alpha: float | None = None,
+    attention_impl: str = "einsum",
+) -> Transformer:
+    """The Transformer module with the options users set from Gin (dtypes by name)."""
+    return Transformer(
+        config,
+        dtype=_dtype(dtype),
+        param_dtype=_dtype(param_dtype),
+        remat_policy=remat_policy,
+        logits_dtype=_dtype(logits_dtype),
+        lora_alpha=lora_alpha,
+        attention_impl=attention_impl,
+    )
+
+
+def _init_variables(model: Transformer, rng: Array) -> dict:
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return model.init(rng, ids)
+
+
+def abstract_params(model: Transformer) -> dict:
+    """Shapes/dtypes of the parameters (boxed with logical axis names), without allocating."""
+    return jax.eval_shape(functools.partial(_init_variables, model), jax.random.key(0))["params"]
+
+
+def init_params(model: Transformer, rng: Array) -> dict:
+    """Randomly initialised parameters (plain arrays), as HF initialises (std 0.02)."""
+    return nn.unbox(jax.jit(functools.partial(_init_variables, model))(rng))["params"]
