@@ -15,6 +15,8 @@ from tokenkit.models.config import (
     load_config,
     to_hf_dict,
 )
+from tokenkit.models.lora import LoraConfig, init_lora, merge_lora, trainable_mask
+from tokenkit.models import hf_io
 from tokenkit.models.hf_io import load_pretrained, resolve_checkpoint_dir, save_pretrained
 from tokenkit.models.sharding import (
     DEFAULT_RULES,
@@ -27,6 +29,13 @@ from tokenkit.models.sharding import (
     param_shardings,
     param_specs,
     shard,
+)
+from tokenkit.models.surgery import (
+    embedding_matrices,
+    logit_mask,
+    padded_size,
+    replace_vocabulary,
+    trim_vocabulary,
 )
 from tokenkit.models.transformer import (
     KVCache,
@@ -43,6 +52,7 @@ __all__ = [
     "DEFAULT_RULES",
     "FSDP_RULES",
     "KVCache",
+    "LoraConfig",
     "ModelConfig",
     "RopeConfig",
     "SUPPORTED_ARCHITECTURES",
@@ -53,19 +63,27 @@ __all__ = [
     "batch_shardings",
     "cache_shardings",
     "embed_tokens",
+    "embedding_matrices",
     "from_hf_dict",
     "init_cache",
+    "init_lora",
     "init_params",
     "load_config",
     "load_pretrained",
     "logical_axis_rules",
+    "logit_mask",
     "make_mesh",
     "make_transformer",
+    "merge_lora",
+    "padded_size",
     "param_logical_axes",
     "param_shardings",
     "param_specs",
+    "replace_vocabulary",
     "resolve_checkpoint_dir",
     "save_pretrained",
     "shard",
     "to_hf_dict",
+    "trainable_mask",
+    "trim_vocabulary",
 ]

@@ -538,6 +538,29 @@ def abstract_params(model: Transformer) -> dict:
     return jax.eval_shape(functools.partial(_init_variables, model), jax.random.key(0))["params"]
 
 
-def init_params(model: Transformer, rng: Array) -> dict:
-    """Randomly initialised parameters (plain arrays), as HF initialises (std 0.02)."""
-    return nn.unbox(jax.jit(functools.partial(_init_variables, model))(rng))["params"]
+def init_params(model: Transformer, rng: Array | int) -> dict:
+    """Randomly initialised parameters (plain arrays) as HF initialises them: N(0, 0.02)
+    for matrices, zeros for biases, ones for norm weights (zeros for Gemma's `1 + w`).
+
+    Drawn with numpy from the shapes of `abstract_params`: compiling Flax's own init
+    (one threefry program per parameter) costs seconds even for a tiny model.
+    """
+    if isinstance(rng, int):
+        seed = rng
+    else:
+        seed = int(jax.random.randint(rng, (), 0, np.iinfo(np.int32).max))
+    gen = np.random.default_rng(seed)
+    shapes = nn.unbox(abstract_params(model))
+    norm_fill = 0.0 if model.config.norm_offset else 1.0
+
+    def draw(path, leaf) -> Array:
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "scale":
+            value = np.full(leaf.shape, norm_fill, np.float32)
+        elif name == "bias":
+            value = np.zeros(leaf.shape, np.float32)
+        else:
+            value = gen.normal(0.0, 0.02, size=leaf.shape).astype(np.float32)
+        return jnp.asarray(value, dtype=leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)

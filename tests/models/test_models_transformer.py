@@ -1,0 +1,158 @@
+"""Forward-pass options: dtypes, remat, attention implementations, input-id expansion."""
+
+from __future__ import annotations
+
+import math
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tokenkit.models import (
+    ModelConfig,
+    Transformer,
+    embed_tokens,
+    init_params,
+    make_transformer,
+)
+
+LLAMA = ModelConfig(
+    "llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
+    num_heads=4, num_kv_heads=2, head_dim=8,
+)
+GEMMA2 = ModelConfig(
+    "gemma2", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
+    num_heads=4, num_kv_heads=2, head_dim=8, activation="gelu_tanh", tie_word_embeddings=True,
+    sandwich_norms=True, norm_offset=1.0, scale_embeddings=True, query_pre_attn_scalar=8,
+    attn_logit_softcap=5.0, final_logit_softcap=4.0,
+    layer_types=("sliding_attention", "full_attention"), sliding_window=3,
+)
+
+
+def _scaled_params(config, seed=0):
+    """Random params at a scale where the layers change the output (std 1/sqrt(fan-in))."""
+    params = init_params(Transformer(config), jax.random.key(seed))
+    keys = iter(jax.random.split(jax.random.key(seed + 1), 64))
+
+    def redraw(x):
+        # Stacked kernels [L, fan_in, ...]; roughly unit-variance activations.
+        return jax.random.normal(next(keys), x.shape) * x.shape[1] ** -0.5 if x.ndim >= 3 else x
+
+    params = jax.tree.map(redraw, params)
+    if "lm_head" in params:
+        params["lm_head"]["kernel"] = jax.random.normal(next(keys), (config.hidden_size, config.vocab_size)) * config.hidden_size ** -0.5
+    params["embedder"]["embedding"] = jax.random.normal(next(keys), params["embedder"]["embedding"].shape)
+    return params
+
+
+def _apply(model, params, *args, **kwargs):
+    """model.apply under jit (eager scan is slow)."""
+    return jax.jit(lambda p, a: model.apply({"params": p}, *a, **kwargs))(params, args)
+
+
+def _batch(config, b=3, t=9, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, config.vocab_size, (b, t)).astype(np.int32)
+    mask = (np.arange(t)[None] < np.linspace(t, 2, b).astype(int)[:, None]).astype(np.int32)
+    return ids * mask, mask
+
+
+@pytest.mark.parametrize("config", [LLAMA, GEMMA2], ids=["llama", "gemma2"])
+def test_bf16_compute_with_fp32_params_and_logits(config):
+    params = _scaled_params(config)
+    ids, mask = _batch(config)
+    ref = _apply(Transformer(config), params, ids, mask).logits
+    model = make_transformer(config, dtype="bfloat16", param_dtype="float32", logits_dtype="float32")
+    out = jax.jit(lambda p: model.apply({"params": p}, ids, mask, output_hidden_states=True))(params)
+    assert out.logits.dtype == jnp.float32
+    assert out.hidden_states.dtype == jnp.bfloat16
+    real = mask.astype(bool)
+    err = np.abs(np.asarray(out.logits) - np.asarray(ref))[real].max()
+    assert err < 0.1 * np.abs(np.asarray(ref))[real].max()
+    assert err > 0  # it really ran in bf16
+    bf16_logits = _apply(
+        Transformer(config, dtype=jnp.bfloat16, logits_dtype=None), params, ids, mask
+    ).logits
+    assert bf16_logits.dtype == jnp.bfloat16
+
+
+def test_remat_policies_give_the_same_values_and_gradients():
+    params = _scaled_params(LLAMA)
+    ids, mask = _batch(LLAMA)
+
+    def loss(p, policy):
+        logits = _apply(Transformer(LLAMA, remat_policy=policy), p, ids, mask).logits
+        return jnp.sum(jax.nn.log_softmax(logits) * mask[..., None])
+
+    ref_value, ref_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, "none")
+    for policy in ("full", "dots", "dots_no_batch"):
+        value, grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, policy)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref_grad)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="remat_policy 'most'.*valid: none, full, dots, dots_no_batch"):
+        _apply(Transformer(LLAMA, remat_policy="most"), params, ids, mask)
+
+
+def test_gin_configures_the_model_options():
+    with gin.unlock_config():
+        gin.parse_config("make_transformer.remat_policy = 'full'\nmake_transformer.dtype = 'bfloat16'")
+    try:
+        model = make_transformer(LLAMA)
+        assert model.remat_policy == "full" and model.dtype == jnp.bfloat16
+    finally:
+        gin.clear_config()
+
+
+def test_dot_product_attention_implementation_matches_einsum():
+    params = _scaled_params(LLAMA)
+    ids, mask = _batch(LLAMA)
+    ref = _apply(Transformer(LLAMA), params, ids, mask).logits
+    out = _apply(Transformer(LLAMA, attention_impl="xla"), params, ids, mask).logits
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], atol=1e-5)
+    with pytest.raises(ValueError, match="soft-capping"):
+        Transformer(GEMMA2, attention_impl="xla").apply({"params": _scaled_params(GEMMA2)}, ids, mask)
+
+
+def test_padding_does_not_change_real_positions():
+    params = _scaled_params(GEMMA2)
+    ids, _ = _batch(GEMMA2, b=1, t=6)
+    short = _apply(Transformer(GEMMA2), params, ids[:, :4]).logits
+    padded_ids = ids.copy()
+    padded_ids[:, 4:] = 7
+    mask = np.array([[1, 1, 1, 1, 0, 0]])
+    padded = _apply(Transformer(GEMMA2), params, padded_ids, mask).logits
+    np.testing.assert_allclose(np.asarray(padded)[:, :4], np.asarray(short), atol=1e-5)
+
+
+def test_expansion_rows_are_added_before_gemma_scaling():
+    params = _scaled_params(GEMMA2)
+    extra = jax.random.normal(jax.random.key(7), (10, GEMMA2.hidden_size))
+    with_extra = {**params, "expand_embedder": {"embedding": extra}}
+    ids, mask = _batch(GEMMA2)
+    expanded = (ids * 3 + 1) % 10
+    model = Transformer(GEMMA2)
+    out = _apply(model, with_extra, ids, mask, expanded_input_ids=expanded).logits
+
+    table = params["embedder"]["embedding"]
+    manual = (table[ids] + extra[expanded]) * math.sqrt(GEMMA2.hidden_size)
+    ref = _apply(model, params, ids, mask, inputs_embeds=manual).logits
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+    np.testing.assert_allclose(
+        embed_tokens(GEMMA2, table, ids, extra, expanded), manual, rtol=1e-6
+    )
+    plain = _apply(model, with_extra, ids, mask).logits
+    assert np.abs(np.asarray(plain) - np.asarray(out)).max() > 1e-2  # the rows matter
+    with pytest.raises(ValueError, match="expand_embedder"):
+        model.apply({"params": params}, ids, mask, expanded_input_ids=expanded)
+
+
+def test_return_logits_false_skips_the_head():
+    params = _scaled_params(LLAMA)
+    ids, mask = _batch(LLAMA)
+    out = _apply(Transformer(LLAMA), params, ids, mask, return_logits=False,
+                                   output_hidden_states=True)
+    assert out.logits is None and out.hidden_states.shape == (3, 3, 9, 32)
