@@ -19,6 +19,7 @@ from tokenkit.models import (
     make_mesh,
     param_shardings,
     shard,
+    sharding_context,
 )
 
 pytestmark = pytest.mark.skipif(jax.device_count() != 8, reason="needs the 8 simulated devices")
@@ -151,3 +152,21 @@ def test_batch_shardings_are_named_shardings():
     sh = batch_shardings(mesh, {"a": np.zeros((4, 3)), "b": np.zeros((4,))})
     assert isinstance(sh["a"], NamedSharding) and sh["a"].spec == P("data", None)
     assert sh["b"].spec == P("data")
+
+
+def test_activation_constraints_apply_inside_the_sharding_context(divisible_checkpoint):
+    config, plain = load_pretrained(divisible_checkpoint)
+    model = Transformer(config)
+    ids = np.random.default_rng(1).integers(0, config.vocab_size, (4, 6)).astype(np.int32)
+    ref = jax.jit(lambda p, i: model.apply({"params": p}, i).logits)(plain, ids)
+    mesh = make_mesh(4, 2)
+    params = shard(plain, param_shardings(config, mesh))
+    batch = shard(ids, batch_shardings(mesh, ids))
+    with sharding_context(mesh):
+        forward = jax.jit(lambda p, i: model.apply({"params": p}, i).logits)
+        out = forward(params, batch)
+        hlo = forward.lower(params, batch).as_text()
+    assert "sharding_constraint" in hlo
+    assert "sharding_constraint" not in forward.lower(params, batch).as_text()  # context off
+    assert out.sharding.spec[0] == "data"
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)

@@ -29,6 +29,7 @@ from tokenkit.models.sharding import (
     param_shardings,
     param_specs,
     shard,
+    sharding_context,
 )
 from tokenkit.models.surgery import (
     embedding_matrices,
@@ -83,6 +84,7 @@ __all__ = [
     "resolve_checkpoint_dir",
     "save_pretrained",
     "shard",
+    "sharding_context",
     "to_hf_dict",
     "trainable_mask",
     "trim_vocabulary",

@@ -11,7 +11,8 @@ per parameter), e.g. 2 KV heads on a model axis of 4.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -252,6 +253,14 @@ def cache_shardings(mesh: Mesh, cache: Any, rules: Rules | None = None) -> Any:
     return KVCache(
         key=NamedSharding(mesh, kv), value=NamedSharding(mesh, kv), lengths=NamedSharding(mesh, lengths)
     )
+
+
+@contextlib.contextmanager
+def sharding_context(mesh: Mesh, rules: Rules | None = None) -> Iterator[None]:
+    """Mesh and rules for tracing: turns the model's activation constraints (batch over
+    "data") on. Place inputs with `shard` before calling jitted functions inside it."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES if rules is None else rules):
+        yield
 
 
 def shard(tree: Any, shardings: Any) -> Any:

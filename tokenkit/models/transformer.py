@@ -364,7 +364,9 @@ class Transformer(nn.Module):
 
         `inputs_embeds` (`[B, T, D]`, already scaled as the model would) replaces the
         embedding lookup. With `cache`, the real tokens are appended to each row's cache
-        and the updated cache is returned.
+        and the updated cache is returned. The cache must have room: a token past
+        `max_length` cannot be stored (inside jit this cannot raise), and the returned
+        `lengths` then exceed `max_length`, which callers should check.
         """
         c = self.config
         if self.remat_policy not in REMAT_POLICIES:
