@@ -11,7 +11,7 @@ _REPO = Path(__file__).resolve().parents[2]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from tools.tiny_world import CORPUS_DIR, TOKENIZERS_DIR  # noqa: E402
+from tools.tiny_world.paths import CORPUS_DIR, TOKENIZERS_DIR  # noqa: E402
 from tools.tiny_world.corpus import read_jsonl  # noqa: E402
 from tools.tiny_world.tokenizer_specs import SPECS  # noqa: E402
 

@@ -4,7 +4,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from tools.tiny_world import TOKENIZERS_DIR, checks
+from tools.tiny_world import checks
+from tools.tiny_world.paths import TOKENIZERS_DIR
 from tools.tiny_world.tokenizer_specs import SPECS, QWEN2_CHAT_TEMPLATE
 
 GEMMA = SPECS["gemma2_sp"]

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tools.tiny_world import CORPUS_DIR, corpus, prose_records
+from tools.tiny_world import corpus, prose_records
 from tools.tiny_world.corpus import read_jsonl
 from tools.tiny_world.facts import load_fact_table, make_fact_table
+from tools.tiny_world.paths import CORPUS_DIR
 
 SPLITS = ("train", "validation", "test")
 # Scripts the prose must contain: (name, pattern).

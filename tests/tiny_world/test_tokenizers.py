@@ -8,7 +8,8 @@ import sentencepiece as spm
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from tokenkit.constants import bytes_to_chars
-from tools.tiny_world import CORPUS_DIR, TOKENIZERS_DIR, bpe, unigram
+from tools.tiny_world import bpe, unigram
+from tools.tiny_world.paths import CORPUS_DIR, TOKENIZERS_DIR
 from tools.tiny_world.tokenizer_specs import SPECS
 
 TOKENIZER_NAMES = tuple(SPECS)

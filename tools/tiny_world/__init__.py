@@ -5,10 +5,3 @@ Everything under `data/corpus/` and `data/tokenizers/` is produced by
 chat-task generator in `chat_tasks.py`, so that every part of tokenkit can run for real on
 a laptop CPU with no network. See `data/README.md`.
 """
-
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-DATA_DIR = REPO / "data"
-CORPUS_DIR = DATA_DIR / "corpus"
-TOKENIZERS_DIR = DATA_DIR / "tokenizers"

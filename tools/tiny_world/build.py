@@ -23,9 +23,10 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
 from absl import app, flags, logging  # noqa: E402
 
-from tools.tiny_world import DATA_DIR, bpe, checks, corpus, unigram  # noqa: E402
+from tools.tiny_world import bpe, checks, corpus, unigram  # noqa: E402
 from tools.tiny_world.facts import DEFAULT_SEED  # noqa: E402
 from tools.tiny_world.hf_dir import write_tokenizer_dir  # noqa: E402
+from tools.tiny_world.paths import DATA_DIR  # noqa: E402
 from tools.tiny_world.tokenizer_specs import SPECS, TokenizerSpec  # noqa: E402
 
 # Tokenizers see every prose record of the train split and the messages of its first
