@@ -34,6 +34,7 @@ def hf_config(name: str):
         return t.LlamaConfig(
             **TINY,
             tie_word_embeddings=True,
+            mlp_bias=True,  # not Llama-3.2's, but exercises the switch
             rope_parameters={
                 "rope_type": "llama3",
                 "rope_theta": 500000.0,
@@ -54,7 +55,9 @@ def hf_config(name: str):
             tie_word_embeddings=True,
         )
     if name == "qwen3":
-        return t.Qwen3Config(**TINY, tie_word_embeddings=False, rope_theta=1_000_000.0)
+        return t.Qwen3Config(
+            **TINY, tie_word_embeddings=False, rope_theta=1_000_000.0, attention_bias=True
+        )
     if name == "gemma2":
         return t.Gemma2Config(
             **TINY,
@@ -69,6 +72,7 @@ def hf_config(name: str):
             sliding_window=4,
             layer_types=["sliding_attention", "full_attention", "sliding_attention"],
             query_pre_attn_scalar=8,
+            attn_logit_softcapping=2.0,  # transformers' Gemma3 ignores it; so must we
             rope_parameters={
                 "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},

@@ -447,6 +447,12 @@ def from_hf_dict(hf: Mapping[str, Any]) -> ModelConfig:
     if isinstance(eos, list):
         eos = tuple(int(e) for e in eos)
 
+    if arch == "gemma3" and hf.get("attn_logit_softcapping"):
+        # transformers' Gemma3 attention never passes it on; match the reference model.
+        logging.warning(
+            "attn_logit_softcapping=%s is not applied: transformers' Gemma3 ignores it too.",
+            hf["attn_logit_softcapping"],
+        )
     default_tie = gemma
     return ModelConfig(
         architecture=arch,
@@ -470,7 +476,9 @@ def from_hf_dict(hf: Mapping[str, Any]) -> ModelConfig:
         scale_embeddings=gemma,
         query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)) if gemma else None,
         attn_logit_softcap=(
-            float(hf["attn_logit_softcapping"]) if gemma and hf.get("attn_logit_softcapping") else None
+            float(hf["attn_logit_softcapping"])
+            if arch == "gemma2" and hf.get("attn_logit_softcapping")
+            else None
         ),
         final_logit_softcap=(
             float(hf["final_logit_softcapping"])

@@ -428,42 +428,59 @@ def save_pretrained(
     if write:
         out.mkdir(parents=True, exist_ok=True)
 
-    shards: list[dict[str, np.ndarray]] = [{}]
+    # Plan the shards from shapes alone, then fetch and write one shard at a time: host
+    # memory peaks at one shard plus one layer's tensor, whatever the model size.
+    plan: list[list[tuple[str, _Leaf, int | None]]] = [[]]
     sizes = [0]
     stored_dtype = None
-    for leaf in Progress.wrap(leaves, desc="saving parameters", unit="tensors"):
-        value = _host_array(_get(params, leaf.path))
-        if target is not None:
-            value = value.astype(target)
-        stored_dtype = stored_dtype or value.dtype
-        per_layer = [(leaf.hf.format(i=i), value[i]) for i in range(value.shape[0])] if leaf.layered else [(leaf.hf, value)]
-        for name, v in per_layer:
-            tensor = np.ascontiguousarray(_to_hf(leaf, v))
-            if sizes[-1] and sizes[-1] + tensor.nbytes > limit:
-                shards.append({})
+    for leaf in leaves:
+        array = _get(params, leaf.path)
+        dt = target if target is not None else np.dtype(array.dtype)
+        stored_dtype = stored_dtype or dt
+        layer_ids = range(array.shape[0]) if leaf.layered else [None]
+        per_tensor = int(np.prod(array.shape[1:] if leaf.layered else array.shape)) * dt.itemsize
+        for i in layer_ids:
+            if sizes[-1] and sizes[-1] + per_tensor > limit:
+                plan.append([])
                 sizes.append(0)
-            shards[-1][name] = tensor
-            sizes[-1] += tensor.nbytes
+            plan[-1].append((leaf.hf.format(i=i), leaf, i))
+            sizes[-1] += per_tensor
 
     if write:
         for old in list(out.glob("model*.safetensors")) + [out / SAFE_INDEX]:
             if old.exists():
                 old.unlink()  # stale shards of an earlier save would confuse loaders
+    names = (
+        [SAFE_SINGLE]
+        if len(plan) == 1
+        else [f"model-{n:05d}-of-{len(plan):05d}.safetensors" for n in range(1, len(plan) + 1)]
+    )
+    progress = Progress(sum(len(p) for p in plan), "saving tensors", unit="tensors")
+    weight_map = {}
+    for fname, entries in zip(names, plan):
+        tensors = {}
+        for name, leaf, i in entries:
+            array = _get(params, leaf.path)
+            value = _host_array(array if i is None else array[i])
+            if target is not None:
+                value = value.astype(target)
+            tensors[name] = np.ascontiguousarray(_to_hf(leaf, value))
+            weight_map[name] = fname
+            progress.update(1)
+        if write:
+            save_file(tensors, out / fname, metadata={"format": "pt"})
+        del tensors
+    progress.close()
+
+    if write:
         hf_config = to_hf_dict(config, dtype=_st_dtype_name(stored_dtype))
         (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        if len(shards) == 1:
-            save_file(shards[0], out / SAFE_SINGLE, metadata={"format": "pt"})
-        else:
-            weight_map = {}
-            for n, shard in enumerate(shards, start=1):
-                fname = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, out / fname, metadata={"format": "pt"})
-                weight_map.update({name: fname for name in shard})
+        if len(plan) > 1:
             index = {"metadata": {"total_size": int(sum(sizes))}, "weight_map": weight_map}
             (out / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out))
-        logging.info("Saved %s checkpoint to %s (%d shard(s)).", config.architecture, out, len(shards))
+        logging.info("Saved %s checkpoint to %s (%d file(s)).", config.architecture, out, len(plan))
     return out
 
 
