@@ -243,7 +243,7 @@ def test_byteified_vocabularies_overlap_much_more_than_raw_ones(specs):
 # ---------------------------------------------------------------- target swaps
 
 
-def test_gemma_with_qwen2_target(specs, tiny_swap_spec):
+def test_gemma_with_qwen2_target(specs, tiny_swap_spec, tmp_path):
     tokenizer = load_byteify_tokenizer(tiny_swap_spec("gemma2_sp", "Qwen2"))
     plain = _load(specs["gemma2_sp"])
     tokens = tokenizer.tokenize("<|im_start|>Hello")
@@ -256,9 +256,11 @@ def test_gemma_with_qwen2_target(specs, tiny_swap_spec):
     # Regular text still tokenizes exactly as the source tokenizer does.
     text = "Grüße aus Köln! 東京\n\n  x"
     assert tokenizer.encode(text, add_special_tokens=False) == plain.encode(text, add_special_tokens=False)
+    tokenizer.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).encode(text) == tokenizer.encode(text)
 
 
-def test_qwen2_with_gemma2_target(specs, tiny_swap_spec):
+def test_qwen2_with_gemma2_target(specs, tiny_swap_spec, tmp_path):
     tokenizer = load_byteify_tokenizer(tiny_swap_spec("qwen2_bpe", "Gemma2"))
     plain = _load(specs["qwen2_bpe"])
     assert tokenizer.tokenize("<start_of_turn>Hello") == ["<start_of_turn>"] + plain.tokenize("Hello")
@@ -267,6 +269,8 @@ def test_qwen2_with_gemma2_target(specs, tiny_swap_spec):
     assert tokenizer.encode("Hello") == [bos] + plain.encode("Hello", add_special_tokens=False)
     assert tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<eos>")
     assert tokenizer.tokenizer.chat_template is None  # Qwen2's Jinja template would be wrong
+    tokenizer.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).encode("Hello") == tokenizer.encode("Hello")
 
 
 def test_target_swap_does_not_touch_the_families(specs, tiny_swap_spec):

@@ -390,6 +390,7 @@ class ByteifyTokenizer:
 
     @property
     def model_kind_cls(self) -> Family:
+        """The family, under the upstream's name."""
         return self.family
 
     # Input pipelines ship tokenizers to worker processes. Only the defining state
@@ -568,6 +569,7 @@ class ByteifyTokenizer:
     def encode(
         self, text: str, text_pair: str | None = None, add_special_tokens: bool = True, **kwargs: Any
     ) -> list[int]:
+        """Ids of `text` (bos etc. per the family when `add_special_tokens`)."""
         return self.tokenizer.encode(
             self._with_prefix_space(text),
             self._with_prefix_space(text_pair),
@@ -576,6 +578,7 @@ class ByteifyTokenizer:
         )
 
     def decode(self, *args: Any, **kwargs: Any) -> str:
+        """Text of ids, as the wrapped tokenizer decodes them."""
         return self.tokenizer.decode(*args, **kwargs)
 
     def tokenize(self, text: str, add_special_tokens: bool = False) -> list[str]:
