@@ -83,6 +83,14 @@ def test_parameters_are_split_as_the_rules_say(divisible_checkpoint):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_expansion_table_gets_vocab_embed_sharding(divisible_checkpoint):
+    config, params = load_pretrained(divisible_checkpoint)
+    with_extra = {**params, "expand_embedder": {"embedding": np.zeros((256, 32), np.float32)}}
+    sh = param_shardings(config, make_mesh(4, 2), FSDP_RULES, params=with_extra)
+    assert sh["expand_embedder"]["embedding"].spec == P("model", "data")
+    assert "expand_embedder" not in param_shardings(config, make_mesh(4, 2))
+
+
 def test_indivisible_dimensions_are_replicated(divisible_checkpoint):
     mesh = make_mesh(1, 8)  # 2 KV heads and 4 heads cannot split 8 ways; vocab 128 can
     config, params = load_pretrained(divisible_checkpoint, mesh=mesh)

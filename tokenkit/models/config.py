@@ -59,9 +59,9 @@ SUPPORTED_ACTIVATIONS = {
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 
-# Keys that carry no meaning for an inference/training forward pass in JAX; they are
-# read without comment. Anything else we do not interpret is listed in one log line.
-_IGNORED_KEYS = frozenset(
+# Keys we either interpret or know to be irrelevant to the forward pass (bookkeeping,
+# PyTorch runtime options). Anything else in a config.json is listed in one log line.
+_KNOWN_KEYS = frozenset(
     {
         "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
         "use_cache", "initializer_range", "pretraining_tp", "_name_or_path",
@@ -397,7 +397,7 @@ def from_hf_dict(hf: Mapping[str, Any]) -> ModelConfig:
         )
     arch = _MODEL_TYPES[model_type]
     _refuse_unsupported_rope(hf)
-    unknown = sorted(k for k in hf if k not in _IGNORED_KEYS and k != "text_config")
+    unknown = sorted(k for k in hf if k not in _KNOWN_KEYS and k != "text_config")
     if unknown:
         logging.info("HF config keys not used by tokenkit models: %s", unknown)
     hf = _with_transformers_defaults(hf)

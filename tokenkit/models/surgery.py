@@ -4,6 +4,10 @@ Vocabularies are padded to a multiple (`pad_to_multiple_of`, 64 by default as up
 the vocab dimension shards evenly and matmuls are tile-aligned; padded rows are zero and
 are excluded from softmaxes by `logit_mask`. `trim_vocabulary` removes the padding again
 before export.
+
+The functions return new trees on the default placement; after changing the vocabulary,
+re-place the params with `sharding.param_shardings(new_config, mesh)` (the vocab size, and
+hence the shardings, changed).
 """
 
 from __future__ import annotations
