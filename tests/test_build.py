@@ -41,6 +41,9 @@ def parse_build(text: str) -> list[dict]:
                 target[key] = _literal(kwargs[key])
         target["srcs"] = [_literal(n) for n in kwargs["srcs"].elts]
         target["deps"] = [_literal(n) for n in kwargs["deps"].elts] if "deps" in kwargs else []
+        target["data"] = (
+            [ast.literal_eval(n) for n in kwargs["data"].args[0].elts] if "data" in kwargs else []
+        )
         targets.append(target)
     return targets
 
@@ -65,6 +68,11 @@ def test_every_named_file_exists(targets):
         if f is not None and not (REPO / f).is_file()
     ]
     assert not missing, f"BUILD names files that do not exist: {missing}"
+
+
+def test_every_data_glob_matches_files(targets):
+    empty = sorted({g for t in targets for g in t["data"] if not list(REPO.glob(g))})
+    assert not empty, f"BUILD data globs that match nothing: {empty}"
 
 
 def test_every_local_dep_is_a_target(targets):

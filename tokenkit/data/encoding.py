@@ -1,0 +1,201 @@
+"""Records -> fixed-length token arrays for one tokenizer (one side of a batch).
+
+A record is `{"text": ...}` or `{"messages": [...]}` (see `tokenkit.data.sources`).
+With `use_chat_template`, messages go through the family-neutral slot-marker prompt of
+`tokenkit.prompts` and plain texts through `chat_template_mode`; without it, texts are
+encoded as the tokenizer would (its own bos/eos post-processing). Every example carries
+a `truncated` flag so that the trainer can count (and log) what `max_length` cut.
+
+Loss masks say which positions a loss trains on:
+- `None`: every real token;
+- `assistant`: only the content (and end-of-turn) of assistant messages, for chat data;
+- `dolly`, `openmath2`: everything after the corpus-specific response marker (as
+  upstream), for texts that carry their prompt inline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tokenkit import families, prompts
+from tokenkit.byteify import ByteifyTokenizer
+
+LOSS_MASK_MODES = (None, "assistant", "dolly", "openmath2")
+_MARKER_STRINGS = {
+    "dolly": "### Response:\n",
+    "openmath2": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """One side of one example, before padding."""
+
+    ids: list[int]
+    loss_mask: list[bool]
+    truncated: bool
+
+
+def _find(haystack: list[int], needle: list[int]) -> int:
+    """Index just past the last occurrence of `needle` in `haystack`, or 0."""
+    if not needle:
+        return 0
+    first = needle[0]
+    end = 0
+    for i, token in enumerate(haystack):
+        if token == first and haystack[i : i + len(needle)] == needle:
+            end = i + len(needle)
+    return end
+
+
+@dataclasses.dataclass
+class SideEncoder:
+    """Encodes records for one tokenizer into padded arrays.
+
+    Args:
+      tokenizer: a ByteifyTokenizer.
+      max_length: length of the output arrays (longer examples are truncated and flagged).
+      use_chat_template: encode through slot-marker prompts (see the module docstring).
+      chat_template_mode: how a plain text becomes a prompt (`prompts.CHAT_TEMPLATE_MODES`).
+      loss_mask_mode: one of `LOSS_MASK_MODES`.
+    """
+
+    tokenizer: ByteifyTokenizer
+    max_length: int
+    use_chat_template: bool = True
+    chat_template_mode: str = "direct_encode"
+    loss_mask_mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss_mask_mode not in LOSS_MASK_MODES:
+            raise ValueError(
+                f"Unknown loss_mask_mode {self.loss_mask_mode!r}; valid: {list(LOSS_MASK_MODES)}."
+            )
+        if self.use_chat_template and self.chat_template_mode not in prompts.CHAT_TEMPLATE_MODES:
+            raise ValueError(
+                f"Unknown chat_template_mode {self.chat_template_mode!r}; valid: "
+                f"{', '.join(prompts.CHAT_TEMPLATE_MODES)}."
+            )
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {self.max_length}.")
+        self._marker = None
+        if self.loss_mask_mode in _MARKER_STRINGS:
+            self._marker = self.tokenizer.encode(
+                _MARKER_STRINGS[self.loss_mask_mode], add_special_tokens=False
+            )
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = 0 if pad is None else int(pad)
+
+    def encode(self, record: Mapping[str, Any]) -> Encoded:
+        """Ids and loss mask of a record (unpadded, truncated to max_length)."""
+        if "messages" in record and record["messages"] is not None and self.use_chat_template:
+            ids, mask, truncated = self._encode_messages(record["messages"])
+        elif record.get("text") is not None:
+            ids, truncated = self._encode_text(record["text"])
+            mask = [True] * len(ids)
+        elif "messages" in record:
+            raise ValueError(
+                "Record has only 'messages' but use_chat_template is False; enable the chat "
+                "template or give the records a 'text' field."
+            )
+        else:
+            raise ValueError(f"Record has neither 'text' nor 'messages': keys {sorted(record)}.")
+        if self.loss_mask_mode == "assistant" and "messages" not in record:
+            raise ValueError("loss_mask_mode='assistant' needs chat records with 'messages'.")
+        if self._marker is not None:
+            start = _find(ids, self._marker)
+            mask = [m and i >= start for i, m in enumerate(mask)]
+        return Encoded(ids, mask, truncated)
+
+    def _encode_text(self, text: str) -> tuple[list[int], bool]:
+        if self.use_chat_template:
+            prompt = prompts.preprocess_prompt(text, self.chat_template_mode)
+            encoded = prompts.encode_prompt(prompt, self.tokenizer, max_length=self.max_length)
+            return list(encoded.ids), encoded.truncated
+        ids = self.tokenizer.encode(text, add_special_tokens=True)
+        return ids[: self.max_length], len(ids) > self.max_length
+
+    def _encode_messages(self, messages: list[Mapping[str, str]]) -> tuple[list[int], list[bool], bool]:
+        # Encoding the prompt piece by piece gives the same ids as encoding it whole
+        # (encode_prompt cuts at every slot marker), and tells which ids are assistant text.
+        pieces: list[tuple[str, bool]] = [(families.slot_marker("bos"), False)]
+        for message in messages:
+            role = message["role"]
+            header = prompts.preprocess_messages([message])[len(families.slot_marker("bos")):]
+            body_start = header.index(families.slot_marker("end_header")) + len(
+                families.slot_marker("end_header")
+            )
+            pieces.append((header[:body_start], False))
+            pieces.append((header[body_start:], role == "assistant"))
+        ids: list[int] = []
+        mask: list[bool] = []
+        assistant_only = self.loss_mask_mode == "assistant"
+        for text, is_assistant in pieces:
+            encoded = prompts.encode_prompt(text, self.tokenizer)
+            ids.extend(encoded.ids)
+            mask.extend([is_assistant or not assistant_only] * len(encoded.ids))
+        truncated = len(ids) > self.max_length
+        return ids[: self.max_length], mask[: self.max_length], truncated
+
+    def __call__(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """`input_ids`, `attention_mask`, `loss_mask` (`[max_length]`) and `truncated`."""
+        encoded = self.encode(record)
+        n = len(encoded.ids)
+        input_ids = np.full(self.max_length, self.pad_id, np.int32)
+        input_ids[:n] = encoded.ids
+        attention_mask = np.zeros(self.max_length, np.bool_)
+        attention_mask[:n] = True
+        loss_mask = np.zeros(self.max_length, np.bool_)
+        loss_mask[:n] = encoded.loss_mask
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "loss_mask": loss_mask,
+            "truncated": np.bool_(encoded.truncated),
+        }
+
+
+@dataclasses.dataclass
+class PairEncoder:
+    """Encodes records for a teacher and a student tokenizer and aligns them.
+
+    Produces the batch keys of ARCHITECTURE.md ("A training batch"): for each side
+    `input_ids_*`, `attention_mask_*`, `loss_mask_*`, `truncated_*`, and for each
+    requested chunking `chunks_teacher_<kind>` / `chunks_student_<kind>`. The aligner's
+    side `a` is the teacher, `b` the student.
+
+    Args:
+      teacher, student: the two `SideEncoder`s (teacher None: student keys only, for
+        runs without a teacher).
+      aligner: a `tokenkit.align.Aligner` for the pair (None: no chunk ids, e.g. when
+        only the SFT loss runs).
+      chunkings: which chunkings to compute (`unconstrained`, `space`, `unbiased`).
+    """
+
+    teacher: SideEncoder | None
+    student: SideEncoder
+    aligner: Any = None
+    chunkings: tuple[str, ...] = ("unconstrained", "space")
+
+    def __call__(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        out = {}
+        sides = {"student": self.student(record)}
+        if self.teacher is not None:
+            sides["teacher"] = self.teacher(record)
+        for side, arrays in sides.items():
+            for key, value in arrays.items():
+                out[f"{key}_{side}"] = value
+        if self.aligner is not None and self.chunkings and self.teacher is not None:
+            chunkings = self.aligner.chunk_ids(
+                sides["teacher"]["input_ids"], sides["student"]["input_ids"],
+                sides["teacher"]["attention_mask"], sides["student"]["attention_mask"],
+                kinds=self.chunkings,
+            )
+            for kind, chunking in chunkings.items():
+                out[f"chunks_teacher_{kind}"] = chunking.chunks_a.astype(np.int32)
+                out[f"chunks_student_{kind}"] = chunking.chunks_b.astype(np.int32)
+        return out
