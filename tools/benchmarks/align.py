@@ -1,0 +1,131 @@
+"""Speed and memory of the chunk-id alignment (`tokenkit.align`), printed as a table.
+
+    python tools/benchmarks/align.py [--batch 16] [--lengths 512,2048] [--repeats 5]
+
+Teacher `llama3_bpe` against student `gemma2_sp` (the tiny world), rows filled with
+concatenated corpus texts, one process. Rows of the table:
+
+- `reference loop`: `align.reference_chunk_ids`, the per-token Python loop (as upstream);
+- `Aligner, batch`: one vectorized call per batch;
+- `Aligner, per example`: one call per row (how a data worker may call it).
+
+Columns: tokens/s (teacher + student tokens aligned per second, counted once per row
+pair as the upstream's figures are: teacher tokens), speed-up over the reference loop,
+bytes of output per sequence (int32 chunk ids against the upstream's dense bool matrices
+of `L x L`), and peak memory per sequence during the call (traced numpy allocations;
+per example: of one call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import tracemalloc
+
+import numpy as np
+
+from tokenkit import align, tokenizer_info
+from tokenkit.byteify import load_byteify_tokenizer
+from tokenkit.entry import REPO_ROOT
+
+TEACHER = "data/tokenizers/llama3_bpe:source=Llama3"
+STUDENT = "data/tokenizers/gemma2_sp:source=Gemma2"
+PAIR_DIR = "data/tokenizer_pairs/llama3_bpe__gemma2_sp"
+
+
+def corpus_text(max_chars: int) -> str:
+    """Corpus texts (prose and chat contents) concatenated, at most `max_chars`."""
+    pieces, size = [], 0
+    with open(REPO_ROOT / "data/corpus/train.jsonl") as f:
+        lines = f.readlines()
+    # Prose records first (they are long), then the chats, so rows look like documents.
+    records = sorted((json.loads(line) for line in lines), key=lambda r: "text" not in r)
+    for record in records:
+        for text in tokenizer_info.record_texts(record):
+            pieces.append(text)
+            size += len(text) + 2
+            if size >= max_chars:
+                return "\n\n".join(pieces)
+    return "\n\n".join(pieces)
+
+
+def make_batch(teacher, student, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """`[batch, length]` ids of each side, every row a different stretch of the corpus."""
+    text = corpus_text(batch * length * 8)
+    step = max(1, (len(text) - length * 6) // batch)
+    rows_a, rows_b = [], []
+    for r in range(batch):
+        chunk = text[r * step : r * step + length * 6]
+        ids_a, ids_b = teacher.encode(chunk)[:length], student.encode(chunk)[:length]
+        if len(ids_a) < length or len(ids_b) < length:
+            raise ValueError(f"corpus too short to fill {length} tokens")
+        rows_a.append(ids_a)
+        rows_b.append(ids_b)
+    return np.array(rows_a), np.array(rows_b)
+
+
+def timed(fn, repeats: int, probe=None) -> tuple[float, int]:
+    """(seconds per call of `fn`, peak traced bytes of one call of `probe`, default `fn`)."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    seconds = (time.perf_counter() - start) / repeats
+    tracemalloc.start()
+    (probe or fn)()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return seconds, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lengths", default="512,2048")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--reference_rows", type=int, default=4, help="rows timed for the slow reference loop")
+    args = parser.parse_args()
+
+    teacher, student = load_byteify_tokenizer(str(REPO_ROOT / TEACHER)), load_byteify_tokenizer(str(REPO_ROOT / STUDENT))
+    pair = tokenizer_info.load_pair_data(REPO_ROOT / PAIR_DIR, teacher, student)
+    aligner = align.Aligner(teacher, student, bias_matrices=pair.bias_matrices, bias_threshold=1e-4)
+    kinds_sets = (("unconstrained",), ("unconstrained", "space"), align.KINDS)
+
+    header = f"{'length':>6} | {'method':<22} | {'chunkings':<28} | {'tokens/s':>10} | {'vs loop':>7} | {'output B/seq':>12} | {'upstream B/seq':>14} | {'peak B/seq':>10}"
+    print(header)
+    print("-" * len(header))
+    for length in (int(x) for x in args.lengths.split(",")):
+        ids_a, ids_b = make_batch(teacher, student, args.batch, length)
+        rows = min(args.reference_rows, args.batch)
+        ref_seconds, ref_peak = timed(
+            lambda: align.reference_chunk_ids(ids_a[:rows], ids_b[:rows], teacher, student, kinds=("unconstrained",)), 1
+        )
+        ref_rate = rows * length / ref_seconds
+        dense = 2 * length * length  # two bool [L, L] matrices per chunking
+        print(
+            f"{length:>6} | {'reference loop':<22} | {'unconstrained':<28} | {ref_rate:>10,.0f} | {1.0:>6.1f}x | "
+            f"{dense:>12,} | {dense:>14,} | {ref_peak // rows:>10,}"
+        )
+        for kinds in kinds_sets:
+            # (method, timed call, memory probe, rows in the probe)
+            for method, fn, probe, in_flight in (
+                ("Aligner, batch", lambda k=kinds: aligner.chunk_ids(ids_a, ids_b, kinds=k), None, args.batch),
+                (
+                    "Aligner, per example",
+                    lambda k=kinds: [aligner.chunk_ids(ids_a[r], ids_b[r], kinds=k) for r in range(args.batch)],
+                    lambda k=kinds: aligner.chunk_ids(ids_a[0], ids_b[0], kinds=k),
+                    1,
+                ),
+            ):
+                seconds, peak = timed(fn, args.repeats, probe)
+                rate = args.batch * length / seconds
+                output = len(kinds) * 2 * length * 4  # int32 ids, both sides
+                print(
+                    f"{length:>6} | {method:<22} | {'+'.join(kinds):<28} | {rate:>10,.0f} | "
+                    f"{rate / ref_rate:>6.1f}x | {output:>12,} | {len(kinds) * dense:>14,} | {peak // in_flight:>10,}"
+                )
+
+
+if __name__ == "__main__":
+    main()
