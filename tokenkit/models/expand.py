@@ -293,12 +293,14 @@ def build_expansion(
     )
 
 
+@jax.jit
 def expand_input_ids(
     expansion: Expansion, input_ids: Any, attention_mask: Any | None = None
 ) -> jax.Array:
     """Old-vocabulary ids for byte-tokenizer `input_ids` `[B, L]`; see the module docstring.
 
-    Pure JAX (jittable, vmappable); memory O(B L 16 W).
+    Pure JAX, jitted (inside another jit it is inlined; each new shape compiles once
+    when called eagerly), vmappable; memory O(B L 16 W).
     """
     e = expansion
     m = e.max_length

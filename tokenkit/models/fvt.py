@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 import scipy.sparse
 from absl import logging
@@ -104,7 +105,8 @@ class FvtMapping:
                 f"FVT mapping was built for a [{self.num_source}, D] matrix; got shape "
                 f"{tuple(source.shape)}"
             )
-        dtype = source.dtype if np.issubdtype(source.dtype, np.floating) else np.dtype(np.float32)
+        # jnp.issubdtype knows bfloat16 (an ml_dtypes type, not a numpy float subtype).
+        dtype = source.dtype if jnp.issubdtype(source.dtype, jnp.floating) else np.dtype(np.float32)
         out = np.empty((self.num_target, source.shape[1]), dtype=dtype)
         for start in range(0, source.shape[1], _COLUMN_BLOCK):
             cols = slice(start, start + _COLUMN_BLOCK)
@@ -217,6 +219,7 @@ def fvt_mapping(
     avg_cols: list[int] = []
     avg_vals: list[float] = []
     counts = dict(special=0, exact=0, averaged=0, fallback=0)
+    inexact = 0  # decompositions missing bytes (a source tokenizer that drops unknown text)
 
     progress = Progress(num_target, "FVT", unit="tokens", enabled=show_progress)
     for i in range(num_target):
@@ -246,6 +249,8 @@ def fvt_mapping(
             fallback[i] = True
             counts["fallback"] += 1
             continue
+        if "".join(source_tokenizer.convert_ids_to_tokens(parts)) != token:
+            inexact += 1
         # Repeated parts count as often as they occur, as in a plain mean over the list.
         avg_rows.extend([i] * len(parts))
         avg_cols.extend(parts)
@@ -258,6 +263,12 @@ def fvt_mapping(
         shape=(num_target, num_source_rows),
     )  # duplicate (row, col) entries are summed, which is what a repeated part needs
     stats = FvtStats(**counts)
+    if inexact:
+        logging.warning(
+            "FVT: %d averaged tokens have decompositions that do not spell them exactly "
+            "(the source tokenizer dropped or changed some of their text); they are the mean "
+            "of what it produced.", inexact,
+        )
     logging.info(
         "FVT %s -> %s: %s", source_tokenizer.spec or "source", target_tokenizer.spec or "target", stats
     )

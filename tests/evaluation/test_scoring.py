@@ -1,0 +1,193 @@
+"""Scoring: batched, bucketed log-likelihoods equal plain unbatched forward passes."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenkit import byteify
+from tokenkit.evaluation import scoring
+from tokenkit.models import expand
+from tokenkit.models.config import ModelConfig
+from tokenkit.models.surgery import logit_mask
+from tokenkit.models.transformer import init_params, make_transformer
+
+TEXTS = [
+    "The river runs past the old mill.",
+    "Die Straße ist lang und schön.",
+    "x",
+    "",
+    "数字 12 + 7 = 19; emoji 🙂 and tabs\tend",
+    "A somewhat longer line, so that it lands in another bucket than the short ones do: "
+    "the quick brown fox jumps over the lazy dog, twice. The quick brown fox jumps again.",
+]
+
+
+@functools.cache
+def _tok(spec: str) -> byteify.ByteifyTokenizer:
+    return byteify.load_byteify_tokenizer(spec)
+
+
+def _model(vocab_size: int, seed: int = 0):
+    config = ModelConfig(architecture="llama", vocab_size=vocab_size, hidden_size=16,
+                         intermediate_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                         head_dim=4, max_position_embeddings=512)
+    model = make_transformer(config)
+    params = init_params(model, seed)
+    # A larger embedding scale than HF's 0.02 makes the distributions far from uniform.
+    params["embedder"]["embedding"] = params["embedder"]["embedding"] * 50
+    return model, params
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_tokenizer_specs):
+    tok = _tok(tiny_tokenizer_specs["llama3_bpe"])
+    model, params = _model(4160)  # 64 padding rows beyond the tokenizer's 4096
+    return tok, model, {"params": params}
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _logits(model, variables, x, expanded):
+    return model.apply(variables, x, expanded_input_ids=expanded).logits
+
+
+def _plain_loglik(model, variables, ids, num_real, score_from=1, expanded=None) -> float:
+    """One unpadded row, one forward pass, log-softmax over the real vocabulary."""
+    x = jnp.asarray([ids], jnp.int32)
+    logits = _logits(model, variables, x, expanded)[0].astype(jnp.float32)
+    logits = logits + logit_mask(num_real, model.config.vocab_size)
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1), np.float64)
+    return float(sum(logp[i - 1, ids[i]] for i in range(score_from, len(ids))))
+
+
+def test_loglik_equals_plain_forward_for_each_line(llama):
+    tok, model, variables = llama
+    results = scoring.score_texts(model, variables, tok, TEXTS, batch_size=4, show_progress=False)
+    for text, result in zip(TEXTS, results):
+        ids = [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)
+        assert result.n_tokens == len(ids) - 1
+        assert result.n_bytes == len(text.encode("utf-8"))
+        want = _plain_loglik(model, variables, ids, len(tok))
+        assert result.loglik == pytest.approx(want, rel=1e-5, abs=1e-4), text
+        if text:
+            assert result.bits_per_byte == pytest.approx(-want / math.log(2) / result.n_bytes, rel=1e-5)
+        else:
+            assert result.bits_per_byte is None and result.loglik == 0.0
+    assert results[0].loglik < -5  # far from zero: the check above is not vacuous
+
+
+def test_padding_and_bucketing_change_nothing(llama):
+    tok, model, variables = llama
+    a = scoring.score_texts(model, variables, tok, TEXTS, batch_size=1, show_progress=False)
+    b = scoring.score_texts(model, variables, tok, TEXTS, batch_size=5, buckets=(128,),
+                            show_progress=False)
+    for x, y in zip(a, b):
+        assert x.n_tokens == y.n_tokens
+        assert x.loglik == pytest.approx(y.loglik, rel=1e-5, abs=1e-4)
+
+
+def test_bits_per_byte_formula():
+    score = scoring.TextScore(loglik=-math.log(2) * 12.0, n_tokens=5, n_bytes=8)
+    assert score.bits_per_byte == pytest.approx(1.5)
+    assert score.as_dict() == {"loglik": score.loglik, "n_tokens": 5, "n_bytes": 8, "bits_per_byte": 1.5}
+    assert scoring.TextScore(0.0, 0, 0).bits_per_byte is None
+
+
+def test_add_bos_options(llama, tiny_tokenizer_specs):
+    tok, model, variables = llama
+    text = TEXTS[0]
+    without = scoring.score_texts(model, variables, tok, [text], add_bos=False, show_progress=False)[0]
+    ids = tok.encode(text, add_special_tokens=False)
+    assert without.n_tokens == len(ids) - 1
+    assert without.loglik == pytest.approx(_plain_loglik(model, variables, ids, len(tok)), rel=1e-5)
+    assert scoring.encode_texts(tok, [text])[0][0] == tok.bos_token_id
+    qwen = _tok(tiny_tokenizer_specs["qwen2_bpe"])
+    assert scoring.encode_texts(qwen, [text]) == [qwen.encode(text, add_special_tokens=False)]
+    with pytest.raises(ValueError, match="Qwen2 family .* has no bos"):
+        scoring.encode_texts(qwen, [text], add_bos=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(length=st.integers(1, 200), max_length=st.integers(2, 40), data=st.data())
+def test_windows_score_every_position_once(length, max_length, data):
+    stride = data.draw(st.integers(1, max_length - 1))
+    spans = scoring.windows(length, max_length, stride)
+    scored = [p for start, end, first in spans for p in range(start + first, end)]
+    assert scored == list(range(1, length))
+    for k, (start, end, first) in enumerate(spans):
+        assert 0 <= start < end <= length and end - start <= max_length and first >= 1
+        if k:
+            assert first == max_length - (end - spans[k - 1][1])  # the rest is context
+    with pytest.raises(ValueError, match="stride"):
+        scoring.windows(length, max_length, max_length)
+
+
+def test_long_texts_are_scored_in_sliding_windows(llama, caplog):
+    tok, model, variables = llama
+    text = TEXTS[-1] * 2
+    ids = [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)
+    max_length, stride = 24, 10
+    with caplog.at_level("INFO"):
+        result = scoring.score_texts(model, variables, tok, [text, "short"], max_length=max_length,
+                                     stride=stride, show_progress=False)[0]
+    assert "1 of 2 texts exceed max_length=24" in caplog.text
+    spans = scoring.windows(len(ids), max_length, stride)
+    assert result.n_windows == len(spans) > 3 and result.n_tokens == len(ids) - 1
+    want = sum(_plain_loglik(model, variables, ids[s:e], len(tok), first) for s, e, first in spans)
+    assert result.loglik == pytest.approx(want, rel=1e-5)
+
+
+def test_sequences_report_greedy(llama):
+    tok, model, variables = llama
+    prefix = [tok.bos_token_id] + tok.encode("The river", add_special_tokens=False)
+    greedy = list(prefix)
+    for _ in range(4):
+        logits = _logits(model, variables, jnp.asarray([greedy], jnp.int32), None)[0, -1]
+        logits = logits + logit_mask(len(tok), model.config.vocab_size)
+        greedy.append(int(jnp.argmax(logits)))
+    other = greedy[:-1] + [(greedy[-1] + 1) % len(tok)]
+    a, b, c = scoring.score_sequences(
+        model, variables, [greedy, other, greedy], [len(prefix), len(prefix), len(greedy)],
+        num_real_tokens=len(tok), show_progress=False,
+    )
+    assert a.is_greedy and not b.is_greedy and a.n_tokens == 4
+    assert c.n_tokens == 0 and c.loglik == 0.0 and c.is_greedy
+    assert a.loglik > b.loglik
+    with pytest.raises(ValueError, match="first token has no prediction"):
+        scoring.score_sequences(model, variables, [greedy], 0, show_progress=False)
+
+
+def test_tokenizer_larger_than_model_is_refused(tiny_tokenizer_specs):
+    tok = _tok(tiny_tokenizer_specs["llama3_bpe"])
+    model, params = _model(1024)
+    with pytest.raises(ValueError, match="4096 tokens but the model only 1024 embedding rows"):
+        scoring.score_texts(model, {"params": params}, tok, ["hi"], show_progress=False)
+
+
+def test_byte_level_model_with_expansion(tiny_tokenizer_specs):
+    old = _tok(tiny_tokenizer_specs["llama3_bpe"])
+    new = _tok(tiny_tokenizer_specs["llama3_bpe"] + ":conversion=byte")
+    expansion = expand.build_expansion(new, old)
+    model, params = _model(320, seed=1)
+    old_embeddings = np.random.default_rng(2).normal(size=(len(old), 16)).astype(np.float32)
+    params["expand_embedder"] = {"embedding": jnp.asarray(expansion.embedding_table(old_embeddings))}
+    variables = {"params": params}
+    texts = TEXTS[:3] + TEXTS[4:5]
+    got = scoring.score_texts(model, variables, new, texts, batch_size=3, expansion=expansion,
+                              show_progress=False)
+    plain = scoring.score_texts(model, variables, new, texts, show_progress=False)
+    for text, result, no_expansion in zip(texts, got, plain):
+        ids = [new.bos_token_id] + new.encode(text, add_special_tokens=False)
+        assert result.n_tokens == len(ids) - 1 == result.n_bytes
+        expanded = expansion.apply(np.asarray([ids], np.int32))
+        want = _plain_loglik(model, variables, ids, len(new), expanded=expanded)
+        assert result.loglik == pytest.approx(want, rel=1e-5, abs=1e-4), text
+        if result.n_tokens > 1:
+            assert abs(result.loglik - no_expansion.loglik) > 1e-2  # the expansion is used
