@@ -485,3 +485,30 @@ def test_chunk_contract_of_the_loss_tests(tokenizers, aligner):
                 used = chunks[chunks >= 0]
                 assert chunks.min() >= -1 and sorted(set(used.tolist())) == list(range(count)), kind
                 assert (np.diff(used) >= 0).all()  # consecutive, in text order
+
+
+def test_worked_example_of_the_docs(tokenizers):
+    """docs/alignment.md shows these tokens, spans and ids; keep them true."""
+    from tokenkit import tokenizer_info
+    from tokenkit.entry import REPO_ROOT
+
+    a, b = tokenizers["llama3_bpe"], tokenizers["gemma2_sp"]
+    text = "Tomorrow the ferry leaves early."
+    ids_a, ids_b = a.encode(text), b.encode(text)
+    assert a.convert_ids_to_tokens(ids_a)[1:6] == ["T", "om", "orrow", "Ġthe", "Ġfer"]
+    assert b.convert_ids_to_tokens(ids_b)[1:8] == ["T", "o", "m", "or", "row", "Ġthe", "Ġferry"]
+    spans = align.get_alignment_indices(a.convert_ids_to_tokens(ids_a), b.convert_ids_to_tokens(ids_b), a, b).spans
+    assert spans == [
+        (0, 1, 0, 1), (1, 2, 1, 2), (2, 3, 2, 4), (3, 4, 4, 6), (4, 5, 6, 7),
+        (5, 7, 7, 8), (7, 10, 8, 10), (10, 12, 10, 12), (12, 13, 12, 13), (13, 14, 13, 14),
+    ]
+    pair = tokenizer_info.load_pair_data(REPO_ROOT / "data/tokenizer_pairs/llama3_bpe__gemma2_sp", a, b)
+    out = align.Aligner(a, b, bias_matrices=pair.bias_matrices, bias_threshold=1e-3).chunk_ids(ids_a, ids_b, kinds=align.KINDS)
+    expected = {
+        "unconstrained": ("0 1 2 3 4 5 5 6 6 6 7 7 8 9", "0 1 2 2 3 3 4 5 6 6 7 7 8 9"),
+        "space": ("0 1 1 1 2 3 3 4 4 4 5 5 5 5", "0 1 1 1 1 1 2 3 4 4 5 5 5 5"),
+        "unbiased": ("0 1 2 2 2 2 2 3 3 3 3 3 3 4", "0 1 2 2 2 2 2 2 3 3 3 3 3 4"),
+    }
+    for kind, (ids_teacher, ids_student) in expected.items():
+        assert " ".join(map(str, out[kind].chunks_a)) == ids_teacher, kind
+        assert " ".join(map(str, out[kind].chunks_b)) == ids_student, kind

@@ -504,6 +504,15 @@ def _count_at_or_before(n: int, positions: np.ndarray) -> np.ndarray:
     return np.cumsum(np.bincount(positions, minlength=n + 1)[:n])
 
 
+def _first_at_or_after(positions: np.ndarray, starts: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """Per row, the first of the sorted `positions` at or after `starts`, capped at `limits`."""
+    if not len(positions):
+        return limits.copy()
+    where = np.searchsorted(positions, starts)
+    found = positions[np.minimum(where, len(positions) - 1)]
+    return np.where(where < len(positions), np.minimum(found, limits), limits)
+
+
 def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
     out = np.zeros(len(values) + 1, np.int64)
     np.cumsum(values, out=out[1:])
@@ -644,27 +653,18 @@ class Aligner:
         """Prepends missing leading spaces to the first text token (see the module doc)."""
         counts, firsts = [], []
         for side, vocab in ((a, self._a), (b, self._b)):
-            text = np.flatnonzero(~vocab.special[side.ids])
-            where = np.searchsorted(text, side.row_start)
-            first = np.where(where < len(text), text[np.minimum(where, len(text) - 1)] if len(text) else 0, side.row_end)
-            first = np.minimum(first, side.row_end)
+            # First token after the leading special tokens, per row (row end if none).
+            first = _first_at_or_after(np.flatnonzero(~vocab.special[side.ids]), side.row_start, side.row_end)
             # Spaces run over whole-space tokens into the first other token.
-            other = np.flatnonzero(~vocab.all_spaces[side.ids])
-            where = np.searchsorted(other, first)
-            stop = np.where(where < len(other), other[np.minimum(where, len(other) - 1)] if len(other) else 0, side.row_end)
-            stop = np.minimum(stop, side.row_end)
-            base = _exclusive_cumsum(side.lengths)
-            inside = stop < side.row_end
+            stop = _first_at_or_after(np.flatnonzero(~vocab.all_spaces[side.ids]), first, side.row_end)
+            before = _exclusive_cumsum(side.lengths)
             tail = np.zeros_like(stop)
+            inside = stop < side.row_end
             tail[inside] = vocab.leading_spaces[side.ids[stop[inside]]]
-            counts.append(base[stop] - base[first] + tail)
+            counts.append(before[stop] - before[first] + tail)
             firsts.append(first)
-        for side, vocab, mine, theirs, first in (
-            (a, self._a, counts[0], counts[1], firsts[0]),
-            (b, self._b, counts[1], counts[0], firsts[1]),
-        ):
-            rows = np.flatnonzero((mine < theirs) & (first < side.row_end))
-            for r in rows:
+        for side, mine, theirs, first in ((a, counts[0], counts[1], firsts[0]), (b, counts[1], counts[0], firsts[1])):
+            for r in np.flatnonzero((mine < theirs) & (first < side.row_end)):
                 p, pad = first[r], theirs[r] - mine[r]
                 side.pad[p] = pad
                 side.lengths[p] += pad
