@@ -512,3 +512,48 @@ def test_worked_example_of_the_docs(tokenizers):
     for kind, (ids_teacher, ids_student) in expected.items():
         assert " ".join(map(str, out[kind].chunks_a)) == ids_teacher, kind
         assert " ".join(map(str, out[kind].chunks_b)) == ids_student, kind
+
+
+FIXED_TEXTS = (
+    "Boats rest in the harbour.",
+    "  Zwei Boote im Hafen,\n\nund ein drittes…",
+    "日本の港 — ¿qué?\tuser model",
+)
+
+
+@pytest.fixture(scope="session")
+def swapped(tiny_swap_spec):
+    """Tiny tokenizers with another family's specials and template (one-sided slots
+    galore: Phi3 has no header start, Qwen3 a bos that is also its pad and eos)."""
+    return {
+        "qwen2_bpe>Qwen3": load_byteify_tokenizer(tiny_swap_spec("qwen2_bpe", "Qwen3")),
+        "gemma2_sp>Phi3": load_byteify_tokenizer(tiny_swap_spec("gemma2_sp", "Phi3")),
+    }
+
+
+@pytest.mark.parametrize("name_b", VARIANTS + ("qwen2_bpe>Qwen3", "gemma2_sp>Phi3"))
+@pytest.mark.parametrize("name_a", VARIANTS + ("qwen2_bpe>Qwen3",))
+def test_every_pair_equals_reference_on_fixed_texts(tokenizers, swapped, name_a, name_b):
+    everything = {**tokenizers, **swapped}
+    a, b = everything[name_a], everything[name_b]
+    rows_a = [a.encode(t) for t in FIXED_TEXTS] + [chat_ids(a, [("system", t), ("user", t), ("assistant", t)]) for t in FIXED_TEXTS]
+    rows_b = [b.encode(t) for t in FIXED_TEXTS] + [chat_ids(b, [("system", t), ("user", t), ("assistant", t)]) for t in FIXED_TEXTS]
+    ids_a, mask_a = pad_batch(rows_a, max(map(len, rows_a)) + 2, pad_id=a.pad_token_id)
+    ids_b, mask_b = pad_batch(rows_b, max(map(len, rows_b)) + 1, pad_id=b.pad_token_id)
+    biased = align.Aligner(a, b, bias_matrices=_random_bias(len(a), len(b)), bias_threshold=0.4)
+    _assert_equals_reference(a, b, biased, ids_a, ids_b, mask_a, mask_b)
+    # Same text on both sides: every text token of a plain-text row is in a chunk.
+    # Except for Qwen3 against a family without bos: its bos `<|endoftext|>` is also its
+    # pad and eos, the key takes its last slot's value (eos, which the other family has),
+    # so the bos is aligned as 13 bytes of text (upstream behaves the same; see
+    # docs/alignment.md).
+    out = biased.chunk_ids(ids_a, ids_b, mask_a, mask_b, kinds=("unconstrained",))["unconstrained"]
+    qwen3_bos_quirk = {a.family.name, b.family.name} & {"Qwen3"} and None in (a.family.bos, b.family.bos)
+    assert (biased.dropped_spans > 0) == bool(qwen3_bos_quirk)
+    if qwen3_bos_quirk:
+        return
+    for r in range(len(FIXED_TEXTS)):
+        for chunks, ids, mask, tok in ((out.chunks_a[r], ids_a[r], mask_a[r], a), (out.chunks_b[r], ids_b[r], mask_b[r], b)):
+            special = set(tok.all_special_tokens)
+            text = np.array([m and t not in special for t, m in zip(tok.convert_ids_to_tokens(ids), mask)])
+            assert (chunks[text] >= 0).all()
