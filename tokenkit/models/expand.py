@@ -313,15 +313,14 @@ def expand_input_ids(
     is_byte = valid & (byte >= 0)
     direct = jnp.where(valid & in_range, jnp.asarray(e.direct_of_id)[safe], e.none_id)
 
-    # window[..., k] is the byte k positions back; ok[..., k]: positions 0..k are all bytes.
+    # window[..., i, k] is the byte k positions before i; ok[..., i, k]: positions
+    # i-k..i are all bytes (so a window of k+1 bytes exists).
     length = ids.shape[-1]
-
-    def back(x: jax.Array, k: int, fill: Any) -> jax.Array:
-        pad = [(0, 0)] * (x.ndim - 1) + [(k, 0)]
-        return jnp.pad(x, pad, constant_values=fill)[..., :length]
-
-    window = jnp.stack([back(byte, k, 0) for k in range(m)], axis=-1)
-    run = jnp.stack([back(is_byte, k, False) for k in range(m)], axis=-1)
+    source = jnp.arange(length)[:, None] - jnp.arange(m)[None, :]  # [L, m]
+    inside = source >= 0
+    source = jnp.maximum(source, 0)
+    window = jnp.where(inside, byte[..., source], 0)
+    run = inside & is_byte[..., source]
     ok = jnp.cumprod(run.astype(jnp.int32), axis=-1).astype(bool)  # [..., L, m]
     window = jnp.where(ok, window, 0).astype(jnp.uint32)
     n_words = _num_words(m)

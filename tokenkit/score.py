@@ -1,0 +1,159 @@
+"""`python -m tokenkit.score`: log-likelihood and bits per byte of each line of a text file.
+
+Entrypoints take only `--gin_file/--gin_param/--workdir`, so the model, tokenizer and
+file are Gin parameters:
+
+    python -m tokenkit.score \
+        --gin_param='score.model="DIR"' \
+        --gin_param='score.tokenizer="DIR:source=Llama3"' \
+        --gin_param='score.text_file="lines.txt"'
+
+Prints one JSON object per input line, in order, to stdout, or writes them to
+`WORKDIR/scores.jsonl` when `--workdir` is given:
+
+    {"loglik": -41.2, "n_tokens": 17, "n_bytes": 61, "bits_per_byte": 0.974}
+
+`loglik` is the natural-log sum of the next-token log-probs of the line's tokens, the
+first token (bos, when added) excluded; `n_tokens` how many were summed; `n_bytes` the
+line's UTF-8 bytes (without its newline); `bits_per_byte = -loglik / ln 2 / n_bytes`
+(null for an empty line). Lines longer than `score.max_length` tokens are scored in
+sliding windows (`score.stride` new tokens per window) and counted in the log; a summary
+(total bits per byte over all lines) goes to the log.
+
+Options: `score.add_bos` (default: when the family has a bos), `score.expand_model` +
+`score.expand_tokenizer` (byte-level models trained with input-id expansion: the
+original model and its tokenizer spec), `score.max_length`, `score.stride`,
+`score.batch_size`, `score.buckets`, `score.dtype`. The library behind it is
+`tokenkit.evaluation.scoring`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gin
+import jax.numpy as jnp
+from absl import logging
+
+from tokenkit import entry
+from tokenkit.byteify import load_byteify_tokenizer
+from tokenkit.evaluation import scoring
+from tokenkit.models import hf_io, load_config, load_pretrained, make_transformer
+from tokenkit.models.expand import build_expansion
+
+OUTPUT_FILE = "scores.jsonl"
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 file, split at `\\n` only (a `\\r` before it stays part of
+    the line: every byte is scored as written); a final newline adds no line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Text file {str(path)!r} does not exist.")
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+@gin.configurable(denylist=["workdir"])
+def score(
+    workdir: Path | None = None,
+    *,
+    model: str = gin.REQUIRED,
+    tokenizer: str = gin.REQUIRED,
+    text_file: str = gin.REQUIRED,
+    add_bos: bool | None = None,
+    expand_model: str | None = None,
+    expand_tokenizer: str | None = None,
+    max_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    buckets: Sequence[int] | None = None,
+    dtype: str = "float32",
+) -> list[dict[str, Any]]:
+    """Scores every line of `text_file` with `model`; returns the per-line dicts.
+
+    Args:
+      workdir: when given, results go to `workdir/scores.jsonl` instead of stdout.
+      model: HF-format model directory or hub id.
+      tokenizer: spec of the model's tokenizer.
+      text_file: UTF-8 text, one item per line.
+      add_bos: put the family's bos before each line (None: when the family has one).
+      expand_model, expand_tokenizer: both or neither; see the module docstring.
+      max_length, stride, batch_size, buckets: see `scoring.score_texts` (one
+        compilation per bucket; default: powers of two up to `max_length`).
+      dtype: compute and parameter dtype.
+    """
+    if (expand_model is None) != (expand_tokenizer is None):
+        raise ValueError(
+            "expand_model and expand_tokenizer go together; got "
+            f"expand_model={expand_model!r}, expand_tokenizer={expand_tokenizer!r}."
+        )
+    lines = read_lines(text_file)
+    tok = load_byteify_tokenizer(tokenizer)
+    config = load_config(hf_io.resolve_checkpoint_dir(model))
+    if len(tok) > config.vocab_size:
+        raise ValueError(
+            f"Tokenizer {tokenizer} has {len(tok)} tokens but the model {model} only "
+            f"{config.vocab_size} embedding rows; transfer the model first (python -m tokenkit.zett)."
+        )
+
+    config, params = load_pretrained(model, dtype=jnp.dtype(dtype))
+    expansion = None
+    if expand_model is not None:
+        old_tok = load_byteify_tokenizer(expand_tokenizer)
+        _, old_params = load_pretrained(expand_model, dtype=jnp.dtype(dtype))
+        expansion = build_expansion(tok, old_tok)
+        params = {
+            **params,
+            "expand_embedder": {"embedding": expansion.embedding_table(old_params["embedder"]["embedding"])},
+        }
+        del old_params
+    module = make_transformer(config, dtype=dtype, param_dtype=dtype)
+    scores = scoring.score_texts(
+        module,
+        {"params": params},
+        tok,
+        lines,
+        add_bos=add_bos,
+        max_length=max_length,
+        stride=stride,
+        batch_size=batch_size,
+        buckets=buckets,
+        expansion=expansion,
+    )
+    records = [s.as_dict() for s in scores]
+
+    total_bytes = sum(s.n_bytes for s in scores)
+    total_loglik = sum(s.loglik for s in scores)
+    if total_bytes:
+        logging.info(
+            "%d lines, %d bytes, %d tokens scored: %.4f bits per byte.",
+            len(scores), total_bytes, sum(s.n_tokens for s in scores),
+            -total_loglik / math.log(2) / total_bytes,
+        )
+    if entry.process_index() == 0:
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        if workdir is not None:
+            (Path(workdir) / OUTPUT_FILE).write_text(text)
+            logging.info("Wrote %s.", Path(workdir) / OUTPUT_FILE)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    return records
+
+
+def main(workdir: Path | None) -> None:
+    score(workdir)
+
+
+if __name__ == "__main__":
+    entry.run(main)

@@ -1,0 +1,164 @@
+"""`python -m tokenkit.zett`: zero-shot tokenizer transfer of a model by FVT.
+
+    python -m tokenkit.zett --gin_file=gin/zett/tiny_llama3_to_gemma2.gin --workdir=out/zett
+    python -m tokenkit.zett \
+        --gin_param='zett.model="meta-llama/Llama-3.2-3B-Instruct"' \
+        --gin_param='zett.tokenizer="meta-llama/Llama-3.2-3B-Instruct:source=Llama3"' \
+        --gin_param='zett.target_tokenizer="google/gemma-2-2b-it:source=Gemma2"' \
+        --workdir=out/llama3_to_gemma2
+
+Loads an HF-format model, initialises embeddings for `target_tokenizer` with FVT
+(`tokenkit.models.fvt`), replaces the vocabulary (padded to `pad_to_multiple_of`,
+`output_embeddings_mode`), and writes an HF-format directory that
+`transformers.AutoModelForCausalLM` and `tokenkit.models.load_pretrained` load: the
+model, the target tokenizer, `fvt_stats.json`, and `tokenizer_spec.txt` holding the
+spec to load the saved tokenizer with (the target spec with NAME replaced by the
+directory; `conversion=byte` becomes `conversion=prebyteified`, since the saved
+byte-level tokenizer's pieces already are byte-level strings).
+
+The output directory is `zett.output_dir` if set, else `--workdir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+from absl import logging
+
+from tokenkit import entry
+from tokenkit.byteify import TokenizerSpec, load_byteify_tokenizer
+from tokenkit.models import hf_io, load_config, load_pretrained, save_pretrained
+from tokenkit.models import fvt as fvt_lib
+from tokenkit.models.surgery import OUTPUT_EMBEDDING_MODES, embedding_matrices, replace_vocabulary
+
+SPEC_FILE = "tokenizer_spec.txt"
+STATS_FILE = "fvt_stats.json"
+
+
+def saved_tokenizer_spec(spec: str | TokenizerSpec, directory: str | Path) -> str:
+    """The spec that loads a tokenizer saved by `ByteifyTokenizer.save_pretrained` into
+    `directory`, given the spec it was loaded from."""
+    if isinstance(spec, str):
+        spec = TokenizerSpec.parse(spec)
+    conversion = "prebyteified" if spec.conversion == "byte" else spec.conversion
+    return str(dataclasses.replace(spec, name=str(directory), conversion=conversion))
+
+
+@gin.configurable(denylist=["workdir"])
+def zett(
+    workdir: Path | None = None,
+    *,
+    model: str = gin.REQUIRED,
+    tokenizer: str = gin.REQUIRED,
+    target_tokenizer: str = gin.REQUIRED,
+    output_dir: str | None = None,
+    output_embeddings_mode: str = "preserve",
+    pad_to_multiple_of: int = 64,
+    seed: int = 0,
+    allow_exact_match: bool = True,
+    slot_tokens: str = "special",
+    save_dtype: str | None = None,
+) -> dict[str, Any]:
+    """Transfers `model` (with `tokenizer`) to `target_tokenizer`; returns a summary.
+
+    Args:
+      workdir: the output directory unless `output_dir` is set.
+      model: HF-format model directory or hub id.
+      tokenizer: spec of the tokenizer the model was trained with.
+      target_tokenizer: spec of the new tokenizer.
+      output_dir: where to write the transferred model (default: the workdir).
+      output_embeddings_mode: "preserve" the model's tied-ness or "untie".
+      pad_to_multiple_of: the new vocabulary is zero-padded to a multiple of this.
+      seed: seed of FVT's random fallback rows.
+      allow_exact_match, slot_tokens: see `tokenkit.models.fvt.fvt_mapping`.
+      save_dtype: dtype of the written tensors (e.g. "bfloat16"); None keeps the model's.
+
+    Returns:
+      `{"output_dir", "tokenizer_spec", "stats", "vocab_size"}`.
+    """
+    out = Path(output_dir) if output_dir else workdir
+    if out is None:
+        raise ValueError("zett needs an output directory: pass --workdir or set zett.output_dir.")
+    if output_embeddings_mode not in OUTPUT_EMBEDDING_MODES:
+        raise ValueError(
+            f"Unknown output_embeddings_mode {output_embeddings_mode!r}; valid: "
+            f"{', '.join(OUTPUT_EMBEDDING_MODES)}."
+        )
+    if slot_tokens not in fvt_lib.SLOT_TOKEN_MODES:
+        raise ValueError(
+            f"Unknown slot_tokens {slot_tokens!r}; valid: {', '.join(fvt_lib.SLOT_TOKEN_MODES)}."
+        )
+
+    # Everything cheap is checked before the weights are read.
+    source_tok = load_byteify_tokenizer(tokenizer)
+    target_tok = load_byteify_tokenizer(target_tokenizer)
+    config = load_config(hf_io.resolve_checkpoint_dir(model))
+    if len(source_tok) > config.vocab_size:
+        raise ValueError(
+            f"Tokenizer {tokenizer} has {len(source_tok)} tokens but the model {model} only "
+            f"{config.vocab_size} embedding rows; is it the model's tokenizer?"
+        )
+
+    config, params = load_pretrained(model, dtype=None)
+    logging.info("Loaded %s (%s, vocab %d).", model, config.architecture, config.vocab_size)
+    inputs, outputs = embedding_matrices(config, params)
+    inputs = np.asarray(jax.device_get(inputs))
+    outputs = None if outputs is None else np.asarray(jax.device_get(outputs))
+    result = fvt_lib.fvt(
+        source_tok,
+        target_tok,
+        inputs,
+        output_embeddings=outputs,
+        seed=seed,
+        allow_exact_match=allow_exact_match,
+        slot_tokens=slot_tokens,
+    )
+    new_config, new_params = replace_vocabulary(
+        config,
+        params,
+        result.input_embeddings,
+        result.output_embeddings,
+        tokenizer_size=len(target_tok),
+        output_embeddings_mode=output_embeddings_mode,
+        pad_to_multiple_of=pad_to_multiple_of,
+    )
+    # The special-token ids in config.json (used by generation) must be the new ones.
+    new_config = dataclasses.replace(
+        new_config,
+        bos_token_id=target_tok.bos_token_id,
+        eos_token_id=target_tok.eos_token_id,
+        pad_token_id=target_tok.pad_token_id,
+    )
+
+    save_pretrained(out, new_config, new_params, tokenizer=target_tok, dtype=save_dtype)
+    spec = saved_tokenizer_spec(target_tok.spec or target_tokenizer, out.resolve())
+    summary = {
+        "output_dir": str(out),
+        "tokenizer_spec": spec,
+        "stats": result.stats.as_dict(),
+        "vocab_size": new_config.vocab_size,
+    }
+    if entry.process_index() == 0:
+        (out / SPEC_FILE).write_text(spec + "\n")
+        record = {"source": str(source_tok.spec), "target": str(target_tok.spec), **summary}
+        (out / STATS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"FVT {tokenizer} -> {target_tokenizer}: {result.stats}")
+        print(
+            f"Wrote {out} (vocabulary {len(target_tok)} tokens, padded to {new_config.vocab_size}); "
+            f"load its tokenizer with the spec {spec!r} (also in {SPEC_FILE})."
+        )
+    return summary
+
+
+def main(workdir: Path | None) -> None:
+    zett(workdir)
+
+
+if __name__ == "__main__":
+    entry.run(main)
