@@ -39,14 +39,22 @@ def aligner(tokenizers):
     (with random bias matrices, threshold 0.4, when asked)."""
     cache = {}
 
-    def get(name_a: str, name_b: str, with_bias: bool = False) -> align.Aligner:
-        if (name_a, name_b, with_bias) not in cache:
+    def get(name_a: str, name_b: str, with_bias: bool = False, backend: str = "auto") -> align.Aligner:
+        if (name_a, name_b, with_bias, backend) not in cache:
             a, b = tokenizers[name_a], tokenizers[name_b]
             bias = _random_bias(len(a), len(b)) if with_bias else None
-            cache[name_a, name_b, with_bias] = align.Aligner(a, b, bias_matrices=bias, bias_threshold=0.4)
-        return cache[name_a, name_b, with_bias]
+            cache[name_a, name_b, with_bias, backend] = align.Aligner(
+                a, b, bias_matrices=bias, bias_threshold=0.4, backend=backend
+            )
+        return cache[name_a, name_b, with_bias, backend]
 
     return get
+
+
+@pytest.fixture(params=align.BACKENDS)
+def backend(request) -> str:
+    """Each available `Aligner` backend in turn (hand-written cases run on all)."""
+    return request.param
 
 
 def _random_bias(rows: int, cols: int, seed: int = 0):
@@ -101,10 +109,10 @@ class FakeTokenizer:
         self.all_special_tokens = list(self.family.special_tokens)
 
 
-def test_identical_tokenizers_every_token_is_a_chunk(tokenizers, aligner):
+def test_identical_tokenizers_every_token_is_a_chunk(tokenizers, aligner, backend):
     tok = tokenizers["llama3_bpe"]
     ids = tok.encode("The harbour was quiet, and the boats slept.")
-    out = aligner("llama3_bpe", "llama3_bpe").chunk_ids(ids, ids, kinds=align.KINDS[:2])
+    out = aligner("llama3_bpe", "llama3_bpe", backend=backend).chunk_ids(ids, ids, kinds=align.KINDS[:2])
     chunks = out["unconstrained"]
     np.testing.assert_array_equal(chunks.chunks_a, np.arange(len(ids)))
     np.testing.assert_array_equal(chunks.chunks_b, np.arange(len(ids)))
@@ -177,11 +185,11 @@ def test_chat_template_qwen2_against_llama3():
     assert norm_a[4] == "SS" and norm_b[4:6] == ["S", "S"]
 
 
-def test_chat_template_gemma2_against_llama3_tokens(tokenizers, aligner):
+def test_chat_template_gemma2_against_llama3_tokens(tokenizers, aligner, backend):
     a, b = tokenizers["llama3_bpe"], tokenizers["gemma2_sp"]
     messages = [("user", "Where is the harbour?"), ("assistant", "By the old mill.")]
     ids_a, ids_b = chat_ids(a, messages), chat_ids(b, messages)
-    out = aligner("llama3_bpe", "gemma2_sp").chunk_ids(ids_a, ids_b, kinds=("unconstrained",))
+    out = aligner("llama3_bpe", "gemma2_sp", backend=backend).chunk_ids(ids_a, ids_b, kinds=("unconstrained",))
     chunks = out["unconstrained"]
     toks_a, toks_b = a.convert_ids_to_tokens(ids_a), b.convert_ids_to_tokens(ids_b)
     pairs = [
@@ -199,11 +207,11 @@ def test_chat_template_gemma2_against_llama3_tokens(tokenizers, aligner):
     np.testing.assert_array_equal(chunks.chunks_b, ref["unconstrained"][1][0])
 
 
-def test_padding_and_attention_masks_left_and_right(tokenizers, aligner):
+def test_padding_and_attention_masks_left_and_right(tokenizers, aligner, backend):
     a, b = tokenizers["llama3_bpe"], tokenizers["qwen2_bpe"]
     text = "Boats rest in the harbour."
     ids_a, ids_b = a.encode(text), b.encode(text)
-    al = aligner("llama3_bpe", "qwen2_bpe")
+    al = aligner("llama3_bpe", "qwen2_bpe", backend=backend)
     alone = al.chunk_ids(ids_a, ids_b, kinds=("space",))["space"]
     batch_a, mask_a = pad_batch([ids_a, ids_a], len(ids_a) + 5, left=[0, 3], pad_id=7)
     batch_b, mask_b = pad_batch([ids_b, ids_b], len(ids_b) + 2, left=[2, 0], pad_id=9)
@@ -216,11 +224,11 @@ def test_padding_and_attention_masks_left_and_right(tokenizers, aligner):
     assert alone.chunks_a[0] == -1  # Llama 3's bos: Qwen2 has none
 
 
-def test_byte_level_target(tokenizers, aligner):
+def test_byte_level_target(tokenizers, aligner, backend):
     a, b = tokenizers["gemma2_sp"], tokenizers["gemma2_sp+byte"]
     text = "Grüße aus dem Hafen"
     ids_a, ids_b = a.encode(text), b.encode(text)
-    chunks = aligner("gemma2_sp", "gemma2_sp+byte").chunk_ids(ids_a, ids_b, kinds=("unconstrained",))
+    chunks = aligner("gemma2_sp", "gemma2_sp+byte", backend=backend).chunk_ids(ids_a, ids_b, kinds=("unconstrained",))
     chunks = chunks["unconstrained"]
     toks_a, toks_b = a.convert_ids_to_tokens(ids_a), b.convert_ids_to_tokens(ids_b)
     assert len(toks_b) == 1 + len(text.encode())  # bos + one token per byte
@@ -230,22 +238,22 @@ def test_byte_level_target(tokenizers, aligner):
     assert chunks.num_chunks == len(ids_a)
 
 
-def test_check_drops_spans_of_texts_that_differ(tokenizers):
+def test_check_drops_spans_of_texts_that_differ(tokenizers, backend):
     a, b = tokenizers["llama3_bpe"], tokenizers["qwen2_bpe"]
     ids_a = a.encode("one two three", add_special_tokens=False)
     ids_b = b.encode("one twx three", add_special_tokens=False)
-    al = align.Aligner(a, b)
+    al = align.Aligner(a, b, backend=backend)
     out = al.chunk_ids(ids_a, ids_b, kinds=("unconstrained",))["unconstrained"]
     toks_a, toks_b = a.convert_ids_to_tokens(ids_a), b.convert_ids_to_tokens(ids_b)
     kept = [("".join(toks_a[p] for p in pa), "".join(toks_b[p] for p in pb)) for pa, pb in zip(spans_of(out.chunks_a), spans_of(out.chunks_b))]
     assert kept == [("one", "one"), ("Ġthree", "Ġthree")]
     assert al.dropped_spans == 1
-    unchecked = align.Aligner(a, b, check=False).chunk_ids(ids_a, ids_b, kinds=("unconstrained",))["unconstrained"]
+    unchecked = align.Aligner(a, b, check=False, backend=backend).chunk_ids(ids_a, ids_b, kinds=("unconstrained",))["unconstrained"]
     assert unchecked.num_chunks == 3
 
 
-def test_aligner_pickles(tokenizers, aligner):
-    al = aligner("llama3_bpe", "gemma2_sp", with_bias=True)
+def test_aligner_pickles(tokenizers, aligner, backend):
+    al = aligner("llama3_bpe", "gemma2_sp", with_bias=True, backend=backend)
     copy = pickle.loads(pickle.dumps(al))
     a, b = tokenizers["llama3_bpe"], tokenizers["gemma2_sp"]
     text = "A boat, a mill, a harbour."
@@ -256,8 +264,8 @@ def test_aligner_pickles(tokenizers, aligner):
             np.testing.assert_array_equal(x, y)
 
 
-def test_bad_inputs_are_named(tokenizers, aligner):
-    al = aligner("llama3_bpe", "qwen2_bpe")
+def test_bad_inputs_are_named(tokenizers, aligner, backend):
+    al = aligner("llama3_bpe", "qwen2_bpe", backend=backend)
     ids = np.array([[1, 2, 3]])
     with pytest.raises(ValueError, match="'spaces'.*valid chunkings: unconstrained, space, unbiased"):
         al.chunk_ids(ids, ids, kinds=("spaces",))
@@ -265,6 +273,8 @@ def test_bad_inputs_are_named(tokenizers, aligner):
         al.chunk_ids(ids, ids, kinds=("unbiased",))
     with pytest.raises(ValueError, match=r"input_ids_a\[0, 1\] = 99999 .*vocabulary size"):
         al.chunk_ids(np.array([[1, 99999]]), ids)
+    with pytest.raises(ValueError, match="Unknown or unavailable backend 'torch'; available here: numpy"):
+        align.Aligner(tokenizers["llama3_bpe"], tokenizers["qwen2_bpe"], backend="torch")
     with pytest.raises(ValueError, match="Batch sizes differ"):
         al.chunk_ids(np.ones((2, 3), int), ids)
     with pytest.raises(ValueError, match="attention_mask_b has shape"):
@@ -296,7 +306,7 @@ def test_bias_lookup_thresholds_and_out_of_range():
         align.BiasLookup(bias1, sparse.coo_matrix((3, 3)), 0.0)
 
 
-def test_unbiased_cuts_only_at_unbiased_pairs(tokenizers):
+def test_unbiased_cuts_only_at_unbiased_pairs(tokenizers, backend):
     a, b = tokenizers["llama3_bpe"], tokenizers["gemma2_sp"]
     text = "Boats rest in the quiet harbour tonight."
     ids_a, ids_b = np.array([a.encode(text)]), np.array([b.encode(text)])
@@ -309,7 +319,7 @@ def test_unbiased_cuts_only_at_unbiased_pairs(tokenizers):
     values = np.ones(len(biased))
     rows, cols = ids_a[0, [last_a[c] for c in biased]], ids_b[0, [last_b[c] for c in biased]]
     matrix = sparse.coo_matrix((values, (rows, cols)), shape=(len(a), len(b)))
-    al = align.Aligner(a, b, bias_matrices=(matrix, matrix), bias_threshold=0.5)
+    al = align.Aligner(a, b, bias_matrices=(matrix, matrix), bias_threshold=0.5, backend=backend)
     merged = al.chunk_ids(ids_a, ids_b, kinds=("unbiased",))["unbiased"]
     biased_pairs = set(zip(rows.tolist(), cols.tolist()))
     expected, chunk = [], 0
@@ -408,20 +418,24 @@ def test_alignment_properties(tokenizers, aligner, example):
             pairs = sorted(set(zip(fine[r][fine[r] >= 0].tolist(), coarse[r][coarse[r] >= 0].tolist())))
             assert [f for f, _ in pairs] == list(range(len(pairs)))  # each fine chunk in one coarse
             assert all(0 <= c2 - c1 <= 1 for (_, c1), (_, c2) in zip(pairs, pairs[1:]))
-    _assert_equals_reference(a, b, aligner(name_a, name_b, with_bias=True), ids_a, ids_b, mask_a, mask_b)
+    biased = [aligner(name_a, name_b, with_bias=True, backend=backend) for backend in align.BACKENDS]
+    _assert_equals_reference(a, b, biased, ids_a, ids_b, mask_a, mask_b)
 
 
-def _assert_equals_reference(a, b, biased, ids_a, ids_b, mask_a, mask_b):
-    """The vectorized chunk ids of all three chunkings equal the reference loop's."""
-    fast = biased.chunk_ids(ids_a, ids_b, mask_a, mask_b, kinds=align.KINDS)
+def _assert_equals_reference(a, b, aligners, ids_a, ids_b, mask_a, mask_b):
+    """Each aligner's (one per backend) chunk ids of all three chunkings equal the
+    reference loop's."""
     ref = align.reference_chunk_ids(
-        ids_a, ids_b, a, b, mask_a, mask_b, kinds=align.KINDS, bias_lookup=biased.bias_lookup
+        ids_a, ids_b, a, b, mask_a, mask_b, kinds=align.KINDS, bias_lookup=aligners[0].bias_lookup
     )
-    for kind in align.KINDS:
-        np.testing.assert_array_equal(fast[kind].chunks_a, ref[kind][0], err_msg=kind)
-        np.testing.assert_array_equal(fast[kind].chunks_b, ref[kind][1], err_msg=kind)
-        counts = np.maximum(ref[kind][0].max(axis=1, initial=-1), ref[kind][1].max(axis=1, initial=-1)) + 1
-        np.testing.assert_array_equal(fast[kind].num_chunks, counts, err_msg=kind)
+    for aligner in aligners:
+        fast = aligner.chunk_ids(ids_a, ids_b, mask_a, mask_b, kinds=align.KINDS)
+        for kind in align.KINDS:
+            message = f"{kind}, {aligner.backend}"
+            np.testing.assert_array_equal(fast[kind].chunks_a, ref[kind][0], err_msg=message)
+            np.testing.assert_array_equal(fast[kind].chunks_b, ref[kind][1], err_msg=message)
+            counts = np.maximum(ref[kind][0].max(axis=1, initial=-1), ref[kind][1].max(axis=1, initial=-1)) + 1
+            np.testing.assert_array_equal(fast[kind].num_chunks, counts, err_msg=message)
 
 
 @st.composite
@@ -461,10 +475,11 @@ def test_aligner_equals_reference_on_token_soups(tokenizers, aligner, example):
             [b.get_vocab().get(t, 0) for t in a.convert_ids_to_tokens(row[:length_b])] for row in ids_a
         ]
     mask_a, mask_b = rng.random(ids_a.shape) < 0.9, rng.random(ids_b.shape) < 0.9
-    _assert_equals_reference(a, b, aligner(name_a, name_b, with_bias=True), ids_a, ids_b, mask_a, mask_b)
+    biased = [aligner(name_a, name_b, with_bias=True, backend=backend) for backend in align.BACKENDS]
+    _assert_equals_reference(a, b, biased, ids_a, ids_b, mask_a, mask_b)
 
 
-def test_chunk_contract_of_the_loss_tests(tokenizers, aligner):
+def test_chunk_contract_of_the_loss_tests(tokenizers, aligner, backend):
     """The contract `tests/losses/chunkings.py` relies on, from real alignments: ids in
     -1..C-1, consecutive in text order, the same C on both sides."""
     a, b = tokenizers["llama3_bpe"], tokenizers["gemma2_sp+byte"]
@@ -473,7 +488,7 @@ def test_chunk_contract_of_the_loss_tests(tokenizers, aligner):
     rows_b = [chat_ids(b, [("user", t), ("assistant", t[::-1])])[:96] for t in texts]
     ids_a, mask_a = pad_batch(rows_a, 96, pad_id=a.pad_token_id)
     ids_b, mask_b = pad_batch(rows_b, 96, pad_id=b.pad_token_id)  # bytes: truncated
-    out = aligner("llama3_bpe", "gemma2_sp+byte", with_bias=True).chunk_ids(
+    out = aligner("llama3_bpe", "gemma2_sp+byte", with_bias=True, backend=backend).chunk_ids(
         ids_a, ids_b, mask_a, mask_b, kinds=align.KINDS
     )
     for kind, chunking in out.items():
@@ -487,7 +502,7 @@ def test_chunk_contract_of_the_loss_tests(tokenizers, aligner):
                 assert (np.diff(used) >= 0).all()  # consecutive, in text order
 
 
-def test_worked_example_of_the_docs(tokenizers):
+def test_worked_example_of_the_docs(tokenizers, backend):
     """docs/alignment.md shows these tokens, spans and ids; keep them true."""
     from tokenkit import tokenizer_info
     from tokenkit.entry import REPO_ROOT
@@ -503,7 +518,8 @@ def test_worked_example_of_the_docs(tokenizers):
         (5, 7, 7, 8), (7, 10, 8, 10), (10, 12, 10, 12), (12, 13, 12, 13), (13, 14, 13, 14),
     ]
     pair = tokenizer_info.load_pair_data(REPO_ROOT / "data/tokenizer_pairs/llama3_bpe__gemma2_sp", a, b)
-    out = align.Aligner(a, b, bias_matrices=pair.bias_matrices, bias_threshold=1e-3).chunk_ids(ids_a, ids_b, kinds=align.KINDS)
+    aligner = align.Aligner(a, b, bias_matrices=pair.bias_matrices, bias_threshold=1e-3, backend=backend)
+    out = aligner.chunk_ids(ids_a, ids_b, kinds=align.KINDS)
     expected = {
         "unconstrained": ("0 1 2 3 4 5 5 6 6 6 7 7 8 9", "0 1 2 2 3 3 4 5 6 6 7 7 8 9"),
         "space": ("0 1 1 1 2 3 3 4 4 4 5 5 5 5", "0 1 1 1 1 1 2 3 4 4 5 5 5 5"),
@@ -540,8 +556,12 @@ def test_every_pair_equals_reference_on_fixed_texts(tokenizers, swapped, name_a,
     rows_b = [b.encode(t) for t in FIXED_TEXTS] + [chat_ids(b, [("system", t), ("user", t), ("assistant", t)]) for t in FIXED_TEXTS]
     ids_a, mask_a = pad_batch(rows_a, max(map(len, rows_a)) + 2, pad_id=a.pad_token_id)
     ids_b, mask_b = pad_batch(rows_b, max(map(len, rows_b)) + 1, pad_id=b.pad_token_id)
-    biased = align.Aligner(a, b, bias_matrices=_random_bias(len(a), len(b)), bias_threshold=0.4)
-    _assert_equals_reference(a, b, biased, ids_a, ids_b, mask_a, mask_b)
+    every = [
+        align.Aligner(a, b, bias_matrices=_random_bias(len(a), len(b)), bias_threshold=0.4, backend=backend)
+        for backend in align.BACKENDS
+    ]
+    _assert_equals_reference(a, b, every, ids_a, ids_b, mask_a, mask_b)
+    biased = every[0]
     # Same text on both sides: every text token of a plain-text row is in a chunk.
     # Except for Qwen3 against a family without bos: its bos `<|endoftext|>` is also its
     # pad and eos, the key takes its last slot's value (eos, which the other family has),
@@ -549,7 +569,7 @@ def test_every_pair_equals_reference_on_fixed_texts(tokenizers, swapped, name_a,
     # docs/alignment.md).
     out = biased.chunk_ids(ids_a, ids_b, mask_a, mask_b, kinds=("unconstrained",))["unconstrained"]
     qwen3_bos_quirk = {a.family.name, b.family.name} & {"Qwen3"} and None in (a.family.bos, b.family.bos)
-    assert (biased.dropped_spans > 0) == bool(qwen3_bos_quirk)
+    assert all((x.dropped_spans > 0) == bool(qwen3_bos_quirk) for x in every)
     if qwen3_bos_quirk:
         return
     for r in range(len(FIXED_TEXTS)):

@@ -477,6 +477,26 @@ class _Vocab:
     def string(self, token_id: int) -> str:
         return "".join(map(chr, self.chars[self.char_offsets[token_id] : self.char_offsets[token_id + 1]]))
 
+    def kernel_tables(self) -> tuple[np.ndarray, ...]:
+        """The tables of the compiled backend, in the order `_kernel_*` index them."""
+        symbols = sorted(self.symbol_of, key=self.symbol_of.__getitem__)
+        symbol_lengths = np.array([len(t) for t in symbols], np.int64)
+        return (
+            self.lengths.astype(np.int64),
+            self.leading_spaces.astype(np.int64),
+            self.all_spaces,
+            self.special,
+            self.symbols.astype(np.int64),
+            self.chars.astype(np.int64),
+            self.char_offsets,
+            np.concatenate([k.astype(np.int64) for k in self.key_symbols] or [np.zeros(0, np.int64)]),
+            np.concatenate([[0], np.cumsum(self.key_sizes)]).astype(np.int64),
+            self.key_one_sided,
+            self.key_normalized_lengths,
+            np.array([ord(c) for t in symbols for c in t], np.int64),
+            np.concatenate([[0], np.cumsum(symbol_lengths)]).astype(np.int64),
+        )
+
 
 @dataclasses.dataclass
 class _Side:
@@ -533,6 +553,9 @@ class Aligner:
       bias_threshold: pairs whose biases are both at most this are unbiased.
       check: drop spans whose bytes differ on the two sides (texts that differ), as
         `get_alignment_indices` does; the number dropped is logged.
+      backend: `numpy` (vectorized over the batch), `numba` (a compiled loop per row,
+        faster, above all per example), or `auto` (numba where installed). Both give
+        the same ids.
     """
 
     def __init__(
@@ -543,17 +566,30 @@ class Aligner:
         bias_matrices: tuple[Any, Any] | None = None,
         bias_threshold: float = 0.0,
         check: bool = True,
+        backend: str = "auto",
     ) -> None:
+        if backend == "auto":
+            backend = BACKENDS[-1]
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"Unknown or unavailable backend {backend!r}; available here: {', '.join(BACKENDS)} "
+                "('numba' needs the numba package)"
+            )
+        self.backend = backend
         self.name_a = repr(tokenizer_a)
         self.name_b = repr(tokenizer_b)
         self._a = _Vocab.build(tokenizer_a, slot_keys(tokenizer_a.family, tokenizer_b.family))
         self._b = _Vocab.build(tokenizer_b, slot_keys(tokenizer_b.family, tokenizer_a.family))
+        self._tables = (self._a.kernel_tables(), self._b.kernel_tables()) if backend == "numba" else None
         self.bias_lookup = None if bias_matrices is None else BiasLookup(*bias_matrices, bias_threshold)
         self.check = check
         self.dropped_spans = 0  # spans dropped by `check` so far (texts that differ)
 
     def __repr__(self) -> str:
-        return f"Aligner({self.name_a}, {self.name_b}, unbiased={self.bias_lookup is not None})"
+        return (
+            f"Aligner({self.name_a}, {self.name_b}, unbiased={self.bias_lookup is not None}, "
+            f"backend={self.backend})"
+        )
 
     # -- public ----------------------------------------------------------------
 
@@ -590,16 +626,20 @@ class Aligner:
         mask_a = self._mask(attention_mask_a, ids_a.shape, single, "a")
         mask_b = self._mask(attention_mask_b, ids_b.shape, single, "b")
 
-        side_a = self._prepare(self._a, ids_a, mask_a, "a")
-        side_b = self._prepare(self._b, ids_b, mask_b, "b")
-        self._normalize_leading_spaces(side_a, side_b)
-        for side, vocab in ((side_a, self._a), (side_b, self._b)):
-            self._match_keys(side, vocab)
-        spans = self._spans(side_a, side_b)
+        if self.backend == "numba":
+            chunkings = self._compiled(ids_a, mask_a, ids_b, mask_b, kinds)
+        else:
+            side_a = self._prepare(self._a, ids_a, mask_a, "a")
+            side_b = self._prepare(self._b, ids_b, mask_b, "b")
+            self._normalize_leading_spaces(side_a, side_b)
+            for side, vocab in ((side_a, self._a), (side_b, self._b)):
+                self._match_keys(side, vocab)
+            spans = self._spans(side_a, side_b)
+            chunkings = {kind: self._chunking(kind, side_a, side_b, spans, ids_a.shape, ids_b.shape) for kind in kinds}
 
         out = {}
         for kind in kinds:
-            chunking = self._chunking(kind, side_a, side_b, spans, ids_a.shape, ids_b.shape)
+            chunking = chunkings[kind]
             if single:
                 chunking = Chunking(chunking.chunks_a[0], chunking.chunks_b[0], chunking.num_chunks[0])
             out[kind] = chunking
@@ -619,10 +659,8 @@ class Aligner:
         return mask
 
     @staticmethod
-    def _prepare(vocab: _Vocab, ids: np.ndarray, mask: np.ndarray, name: str) -> _Side:
-        batch, length = ids.shape
-        flat = np.flatnonzero(mask.reshape(-1))
-        token_ids = ids.reshape(-1)[flat].astype(np.int64)
+    def _check_ids(vocab: _Vocab, flat: np.ndarray, token_ids: np.ndarray, length: int, name: str) -> None:
+        """Unmasked ids must be ids of the vocabulary with a non-empty string."""
         bad = (token_ids < 0) | (token_ids >= vocab.size)
         bad[~bad] = vocab.lengths[token_ids[~bad]] == 0
         if bad.any():
@@ -632,6 +670,51 @@ class Aligner:
                 f"is not a token id of this tokenizer (vocabulary size {vocab.size}, ids with "
                 "a non-empty string); mask padding positions out with the attention mask"
             )
+
+    def _compiled(
+        self, ids_a: np.ndarray, mask_a: np.ndarray, ids_b: np.ndarray, mask_b: np.ndarray, kinds: tuple[str, ...]
+    ) -> dict[str, Chunking]:
+        """All requested chunkings from the compiled per-row loop."""
+        for vocab, ids, mask, name in ((self._a, ids_a, mask_a, "a"), (self._b, ids_b, mask_b, "b")):
+            flat = np.flatnonzero(mask.reshape(-1))
+            self._check_ids(vocab, flat, ids.reshape(-1)[flat].astype(np.int64), ids.shape[1], name)
+        batch = ids_a.shape[0]
+        out_a = np.full((len(KINDS),) + ids_a.shape, -1, np.int32)
+        out_b = np.full((len(KINDS),) + ids_b.shape, -1, np.int32)
+        counts = np.zeros((len(KINDS), batch), np.int32)
+        lookup = self.bias_lookup
+        dropped = _kernel_chunk_ids(
+            np.ascontiguousarray(ids_a, np.int64), np.ascontiguousarray(mask_a),
+            np.ascontiguousarray(ids_b, np.int64), np.ascontiguousarray(mask_b),
+            self._tables[0], self._tables[1],
+            lookup._exceptions if lookup else np.zeros(0, np.int64),
+            lookup.shape[0] if lookup else 0,
+            lookup.shape[1] if lookup else 0,
+            lookup.absent_unbiased if lookup else True,
+            np.array([kind in kinds for kind in KINDS]),
+            self.check,
+            out_a, out_b, counts,
+        )
+        self._count_dropped(int(dropped))
+        return {kind: Chunking(out_a[k], out_b[k], counts[k]) for k, kind in enumerate(KINDS) if kind in kinds}
+
+    def _count_dropped(self, dropped: int) -> None:
+        if dropped:
+            self.dropped_spans += dropped
+            logging.log_every_n_seconds(
+                logging.WARNING,
+                "Aligner: %d spans dropped so far whose two sides spell different bytes "
+                "(the two token sequences are not of one text)",
+                60,
+                self.dropped_spans,
+            )
+
+    @classmethod
+    def _prepare(cls, vocab: _Vocab, ids: np.ndarray, mask: np.ndarray, name: str) -> _Side:
+        batch, length = ids.shape
+        flat = np.flatnonzero(mask.reshape(-1))
+        token_ids = ids.reshape(-1)[flat].astype(np.int64)
+        cls._check_ids(vocab, flat, token_ids, length, name)
         row = flat // length
         bounds = np.searchsorted(row, np.arange(batch + 1))
         lengths = vocab.lengths[token_ids].astype(np.int64)
@@ -786,16 +869,7 @@ class Aligner:
         bad = np.zeros(len(end_a), bool)
         if self.check and len(end_a):
             bad = self._mismatch(a, b, span_a, span_b, len(end_a), (joint_a, joint_b), (member_a, member_b))
-            dropped = int(bad.sum())
-            if dropped:
-                self.dropped_spans += dropped
-                logging.log_every_n_seconds(
-                    logging.WARNING,
-                    "Aligner: %d spans dropped so far whose two sides spell different bytes "
-                    "(the two token sequences are not of one text)",
-                    60,
-                    self.dropped_spans,
-                )
+            self._count_dropped(int(bad.sum()))
         return dict(
             end_a=end_a,
             end_b=end_b,
@@ -926,3 +1000,276 @@ class Aligner:
         ok = (ends < side.n) & (side.row[nxt] == span_row)
         ok &= side.flat[nxt] == side.flat[ends - 1] + 1
         return ok & side.starts_with_space[nxt] & ~side.one_sided[nxt] & ~member[nxt]
+
+
+# ------------------------------------------------------------- compiled backend
+#
+# The same alignment as `get_alignment_indices` + `reference_chunk_ids`, written as a loop
+# over integer tables so that numba compiles it: one pass per row, no per-call numpy
+# overhead. `Aligner(backend="numba")` uses it; the numpy backend stays the fallback and
+# the tests hold both to the reference loop.
+
+_SPACE_CODE = ord(SPACE)
+_SLOT_CODE = ord(_SLOT_NORMALIZED_CHAR)
+
+
+def _kernel_key_at(symbols, i, key_tokens, key_starts):
+    """Index of the first slot key whose token symbols start at `i`, or -1."""
+    if symbols[i] < 0:
+        return -1
+    for k in range(len(key_starts) - 1):
+        size = key_starts[k + 1] - key_starts[k]
+        if i + size > len(symbols):
+            continue
+        matched = True
+        for t in range(size):
+            if symbols[i + t] != key_tokens[key_starts[k] + t]:
+                matched = False
+                break
+        if matched:
+            return k
+    return -1
+
+
+def _kernel_symbol_of_padded(token, pad, chars, offsets, symbol_chars, symbol_offsets):
+    """Symbol of the string `"Ġ" * pad + string(token)`, or -1."""
+    length = pad + offsets[token + 1] - offsets[token]
+    for s in range(len(symbol_offsets) - 1):
+        if symbol_offsets[s + 1] - symbol_offsets[s] != length:
+            continue
+        matched = True
+        for c in range(length):
+            char = _SPACE_CODE if c < pad else chars[offsets[token] + c - pad]
+            if char != symbol_chars[symbol_offsets[s] + c]:
+                matched = False
+                break
+        if matched:
+            return s
+    return -1
+
+
+def _kernel_prepare(ids, mask, tables):
+    """Unmasked positions and ids of one row, their byte lengths and slot keys, after
+    the leading-space normalization is decided (pad filled in by the caller)."""
+    lengths_t, leading_t, all_spaces_t, special_t, symbols_t = tables[0], tables[1], tables[2], tables[3], tables[4]
+    n = 0
+    for p in range(len(ids)):
+        if mask[p]:
+            n += 1
+    positions = np.empty(n, np.int64)
+    tokens = np.empty(n, np.int64)
+    k = 0
+    for p in range(len(ids)):
+        if mask[p]:
+            positions[k] = p
+            tokens[k] = ids[p]
+            k += 1
+    first = 0
+    while first < n and special_t[tokens[first]]:
+        first += 1
+    spaces = 0
+    i = first
+    while i < n:
+        token = tokens[i]
+        if all_spaces_t[token]:
+            spaces += lengths_t[token]
+            i += 1
+        else:
+            spaces += leading_t[token]
+            break
+    lengths = np.empty(n, np.int64)
+    symbols = np.empty(n, np.int64)
+    for i in range(n):
+        lengths[i] = lengths_t[tokens[i]]
+        symbols[i] = symbols_t[tokens[i]]
+    return positions, tokens, lengths, symbols, first, spaces
+
+
+def _kernel_normalized_stream(tokens, kinds, pads, lengths, slot_lengths, chars, offsets):
+    """A row's normalized strings, concatenated, and where each token's starts.
+
+    Token kinds: 0 empty, 1 text (its characters after `pads[i]` spaces), 2 slot token
+    (`"S" * slot_lengths[i]`).
+    """
+    n = len(tokens)
+    starts = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        size = lengths[i] if kinds[i] == 1 else (slot_lengths[i] if kinds[i] == 2 else 0)
+        starts[i + 1] = starts[i] + size
+    stream = np.empty(starts[n], np.int64)
+    for i in range(n):
+        at = starts[i]
+        if kinds[i] == 2:
+            for c in range(slot_lengths[i]):
+                stream[at + c] = _SLOT_CODE
+        elif kinds[i] == 1:
+            for c in range(pads[i]):
+                stream[at + c] = _SPACE_CODE
+            source = offsets[tokens[i]]
+            for c in range(lengths[i] - pads[i]):
+                stream[at + pads[i] + c] = chars[source + c]
+    return stream, starts
+
+
+def _kernel_unbiased(token_a, token_b, exceptions, rows, cols, absent_unbiased):
+    if token_a >= rows or token_b >= cols:
+        return True
+    key = token_a * cols + token_b
+    where = np.searchsorted(exceptions, key)
+    found = where < len(exceptions) and exceptions[where] == key
+    return found != absent_unbiased
+
+
+def _kernel_chunk_ids(ids_a, mask_a, ids_b, mask_b, tables_a, tables_b, exceptions, rows, cols,
+                      absent_unbiased, want, check, out_a, out_b, counts):
+    """Fills `out_a[kind, row]`, `out_b[kind, row]` (pre-filled with -1) and
+    `counts[kind, row]` for the kinds with `want[kind]`; returns the spans dropped."""
+    dropped = 0
+    for row in range(ids_a.shape[0]):
+        positions_a, tokens_a, lengths_a, symbols_a, first_a, spaces_a = _kernel_prepare(ids_a[row], mask_a[row], tables_a)
+        positions_b, tokens_b, lengths_b, symbols_b, first_b, spaces_b = _kernel_prepare(ids_b[row], mask_b[row], tables_b)
+        n_a, n_b = len(tokens_a), len(tokens_b)
+        pads_a = np.zeros(n_a, np.int64)
+        pads_b = np.zeros(n_b, np.int64)
+        if spaces_a < spaces_b and first_a < n_a:
+            pads_a[first_a] = spaces_b - spaces_a
+            lengths_a[first_a] += pads_a[first_a]
+            symbols_a[first_a] = _kernel_symbol_of_padded(
+                tokens_a[first_a], pads_a[first_a], tables_a[5], tables_a[6], tables_a[11], tables_a[12]
+            )
+        elif spaces_b < spaces_a and first_b < n_b:
+            pads_b[first_b] = spaces_a - spaces_b
+            lengths_b[first_b] += pads_b[first_b]
+            symbols_b[first_b] = _kernel_symbol_of_padded(
+                tokens_b[first_b], pads_b[first_b], tables_b[5], tables_b[6], tables_b[11], tables_b[12]
+            )
+        keys_a = np.empty(n_a, np.int64)
+        for i in range(n_a):
+            keys_a[i] = _kernel_key_at(symbols_a, i, tables_a[7], tables_a[8])
+        keys_b = np.empty(n_b, np.int64)
+        for j in range(n_b):
+            keys_b[j] = _kernel_key_at(symbols_b, j, tables_b[7], tables_b[8])
+
+        # The walk of `get_alignment_indices`. kinds: 0 empty, 1 text, 2 slot token.
+        kinds_a = np.zeros(n_a, np.int8)
+        kinds_b = np.zeros(n_b, np.int8)
+        slots_a = np.zeros(n_a, np.int64)
+        slots_b = np.zeros(n_b, np.int64)
+        most = min(n_a, n_b) + 1
+        ends_a = np.empty(most, np.int64)
+        ends_b = np.empty(most, np.int64)
+        is_slot = np.empty(most, np.bool_)
+        spans = 0
+        i = j = 0
+        consumed_a = consumed_b = 0
+        while i < n_a and j < n_b:
+            key_a, key_b = keys_a[i], keys_b[j]
+            skipped = False
+            if key_a >= 0 and tables_a[9][key_a]:
+                i += 1
+                skipped = True
+            if key_b >= 0 and tables_b[9][key_b]:
+                j += 1
+                skipped = True
+            if skipped:
+                continue
+            if key_a >= 0 and key_b >= 0:
+                for t in range(i, i + tables_a[8][key_a + 1] - tables_a[8][key_a]):
+                    kinds_a[t] = 2
+                    slots_a[t] = tables_a[10][key_a]
+                for t in range(j, j + tables_b[8][key_b + 1] - tables_b[8][key_b]):
+                    kinds_b[t] = 2
+                    slots_b[t] = tables_b[10][key_b]
+                i += tables_a[8][key_a + 1] - tables_a[8][key_a]
+                j += tables_b[8][key_b + 1] - tables_b[8][key_b]
+                ends_a[spans], ends_b[spans], is_slot[spans] = i, j, True
+                spans += 1
+                consumed_a = consumed_b = 0
+                continue
+            end_a = consumed_a + lengths_a[i]
+            end_b = consumed_b + lengths_b[j]
+            if end_a <= end_b:
+                kinds_a[i] = 1
+                consumed_a = end_a
+                i += 1
+            if end_b <= end_a:
+                kinds_b[j] = 1
+                consumed_b = end_b
+                j += 1
+            if end_a == end_b:
+                ends_a[spans], ends_b[spans], is_slot[spans] = i, j, False
+                spans += 1
+
+        keep = np.ones(spans, np.bool_)
+        if check:  # the upstream's check: both spans' normalized strings are equal
+            stream_a, at_a = _kernel_normalized_stream(tokens_a, kinds_a, pads_a, lengths_a, slots_a, tables_a[5], tables_a[6])
+            stream_b, at_b = _kernel_normalized_stream(tokens_b, kinds_b, pads_b, lengths_b, slots_b, tables_b[5], tables_b[6])
+            for s in range(spans):
+                begin_a = at_a[ends_a[s - 1]] if s > 0 else 0
+                begin_b = at_b[ends_b[s - 1]] if s > 0 else 0
+                size = at_a[ends_a[s]] - begin_a
+                equal = size == at_b[ends_b[s]] - begin_b
+                c = 0
+                while equal and c < size:
+                    equal = stream_a[begin_a + c] == stream_b[begin_b + c]
+                    c += 1
+                if not equal:
+                    keep[s] = False
+                    dropped += 1
+
+        for kind in range(3):
+            if not want[kind]:
+                continue
+            chunk = 0
+            last = -1
+            for s in range(spans):
+                if not keep[s]:
+                    continue
+                start_a = ends_a[s - 1] if s > 0 else 0
+                start_b = ends_b[s - 1] if s > 0 else 0
+                for t in range(start_a, ends_a[s]):
+                    if kinds_a[t] != 0:
+                        out_a[kind, row, positions_a[t]] = chunk
+                for t in range(start_b, ends_b[s]):
+                    if kinds_b[t] != 0:
+                        out_b[kind, row, positions_b[t]] = chunk
+                last = chunk
+                if kind == 0 or is_slot[s]:
+                    cut = True
+                elif kind == 1:
+                    e_a, e_b = ends_a[s], ends_b[s]
+                    space_a = (
+                        e_a < n_a and positions_a[e_a] == positions_a[e_a - 1] + 1 and kinds_a[e_a] == 1
+                        and (pads_a[e_a] > 0 or tables_a[1][tokens_a[e_a]] > 0)
+                    )
+                    space_b = (
+                        e_b < n_b and positions_b[e_b] == positions_b[e_b - 1] + 1 and kinds_b[e_b] == 1
+                        and (pads_b[e_b] > 0 or tables_b[1][tokens_b[e_b]] > 0)
+                    )
+                    cut = space_a and space_b
+                else:
+                    cut = _kernel_unbiased(
+                        tokens_a[ends_a[s] - 1], tokens_b[ends_b[s] - 1], exceptions, rows, cols, absent_unbiased
+                    )
+                if cut:
+                    chunk += 1
+            counts[kind, row] = last + 1
+    return dropped
+
+
+try:  # numba is optional: without it, `Aligner` uses the numpy backend.
+    import numba as _numba
+except ImportError:  # pragma: no cover - depends on the installation
+    _numba = None
+
+BACKENDS: tuple[str, ...] = ("numpy",) + (("numba",) if _numba is not None else ())
+"""Backends available in this installation (`Aligner(backend=...)`)."""
+
+if _numba is not None:
+    _jit = _numba.njit(cache=True)
+    _kernel_key_at = _jit(_kernel_key_at)
+    _kernel_symbol_of_padded = _jit(_kernel_symbol_of_padded)
+    _kernel_prepare = _jit(_kernel_prepare)
+    _kernel_normalized_stream = _jit(_kernel_normalized_stream)
+    _kernel_unbiased = _jit(_kernel_unbiased)
+    _kernel_chunk_ids = _jit(_kernel_chunk_ids)

@@ -6,14 +6,15 @@ Teacher `llama3_bpe` against student `gemma2_sp` (the tiny world), rows filled w
 concatenated corpus texts, one process. Rows of the table:
 
 - `reference loop`: `align.reference_chunk_ids`, the per-token Python loop (as upstream);
-- `Aligner, batch`: one vectorized call per batch;
-- `Aligner, per example`: one call per row (how a data worker may call it).
+- `numpy, batch` / `numba, batch`: one `Aligner.chunk_ids` call per batch, per backend;
+- `numpy, per example` / `numba, per example`: one call per row (as a data worker may).
 
 Columns: tokens/s (teacher + student tokens aligned per second, counted once per row
 pair as the upstream's figures are: teacher tokens), speed-up over the reference loop,
 bytes of output per sequence (int32 chunk ids against the upstream's dense bool matrices
-of `L x L`), and peak memory per sequence during the call (traced numpy allocations;
-per example: of one call).
+of `L x L`), and peak memory per sequence during the call (allocations traced by
+`tracemalloc`; per example: of one call). numba's own allocations are not traced: its
+temporaries are a few arrays of the row's length.
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def main() -> None:
 
     teacher, student = load_byteify_tokenizer(str(REPO_ROOT / TEACHER)), load_byteify_tokenizer(str(REPO_ROOT / STUDENT))
     pair = tokenizer_info.load_pair_data(REPO_ROOT / PAIR_DIR, teacher, student)
-    aligner = align.Aligner(teacher, student, bias_matrices=pair.bias_matrices, bias_threshold=1e-4)
+    aligners = {
+        backend: align.Aligner(teacher, student, bias_matrices=pair.bias_matrices, bias_threshold=1e-3, backend=backend)
+        for backend in align.BACKENDS
+    }
     kinds_sets = (("unconstrained",), ("unconstrained", "space"), align.KINDS)
 
     header = f"{'length':>6} | {'method':<22} | {'chunkings':<28} | {'tokens/s':>10} | {'vs loop':>7} | {'output B/seq':>12} | {'upstream B/seq':>14} | {'peak B/seq':>10}"
@@ -107,24 +111,30 @@ def main() -> None:
             f"{length:>6} | {'reference loop':<22} | {'unconstrained':<28} | {ref_rate:>10,.0f} | {1.0:>6.1f}x | "
             f"{dense:>12,} | {dense:>14,} | {ref_peak // rows:>10,}"
         )
-        for kinds in kinds_sets:
-            # (method, timed call, memory probe, rows in the probe)
-            for method, fn, probe, in_flight in (
-                ("Aligner, batch", lambda k=kinds: aligner.chunk_ids(ids_a, ids_b, kinds=k), None, args.batch),
-                (
-                    "Aligner, per example",
-                    lambda k=kinds: [aligner.chunk_ids(ids_a[r], ids_b[r], kinds=k) for r in range(args.batch)],
-                    lambda k=kinds: aligner.chunk_ids(ids_a[0], ids_b[0], kinds=k),
-                    1,
-                ),
-            ):
-                seconds, peak = timed(fn, args.repeats, probe)
-                rate = args.batch * length / seconds
-                output = len(kinds) * 2 * length * 4  # int32 ids, both sides
-                print(
-                    f"{length:>6} | {method:<22} | {'+'.join(kinds):<28} | {rate:>10,.0f} | "
-                    f"{rate / ref_rate:>6.1f}x | {output:>12,} | {len(kinds) * dense:>14,} | {peak // in_flight:>10,}"
-                )
+        for backend, aligner in aligners.items():
+            for kinds in kinds_sets:
+                for per_example in (False, True):
+                    measure(aligner, backend, kinds, per_example, ids_a, ids_b, length, ref_rate, dense, args)
+
+
+def measure(aligner, backend, kinds, per_example, ids_a, ids_b, length, ref_rate, dense, args) -> None:
+    """Times one configuration and prints its table row."""
+    if per_example:
+        method = f"{backend}, per example"
+        fn = lambda: [aligner.chunk_ids(ids_a[r], ids_b[r], kinds=kinds) for r in range(len(ids_a))]  # noqa: E731
+        probe = lambda: aligner.chunk_ids(ids_a[0], ids_b[0], kinds=kinds)  # noqa: E731
+        in_flight = 1
+    else:
+        method = f"{backend}, batch"
+        fn = probe = lambda: aligner.chunk_ids(ids_a, ids_b, kinds=kinds)  # noqa: E731
+        in_flight = len(ids_a)
+    seconds, peak = timed(fn, args.repeats, probe)
+    rate = len(ids_a) * length / seconds
+    output = len(kinds) * 2 * length * 4  # int32 ids, both sides
+    print(
+        f"{length:>6} | {method:<22} | {'+'.join(kinds):<28} | {rate:>10,.0f} | "
+        f"{rate / ref_rate:>6.1f}x | {output:>12,} | {len(kinds) * dense:>14,} | {peak // in_flight:>10,}"
+    )
 
 
 if __name__ == "__main__":
