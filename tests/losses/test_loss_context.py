@@ -7,7 +7,7 @@ import pytest
 
 from tokenkit.losses import chunks
 from tokenkit.losses.context import build_space_mask, build_vocab_mask, masked_logits
-from tokenkit.losses.logprobs import next_token_logprobs, subset_logprobs, token_logprobs_at
+from tokenkit.losses.logprobs import position_stats, token_logprobs_at
 
 TOKENS = ["a", "\u0120the", "\u010a", "\u0109x", "<s>", "", "b\u0120"]
 
@@ -40,27 +40,43 @@ def test_space_mask_and_vocab_mask_errors():
         masked_logits(jnp.zeros((1, 2, 4)), jnp.ones(5, bool))
 
 
-def test_logprobs_match_log_softmax():
+def test_position_stats_match_log_softmax_values_and_gradients():
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(2, 5, 7)) * 3, jnp.float32)
     vocab = jnp.arange(7) < 6
     ids = jnp.asarray(rng.integers(0, 6, size=(2, 5)))
-    dense = jax.nn.log_softmax(jnp.where(vocab, logits, -1e30), -1)
-    np.testing.assert_allclose(
-        next_token_logprobs(logits, vocab, ids),
-        jnp.take_along_axis(dense[:, :-1], ids[:, 1:, None], -1)[..., 0], rtol=1e-6,
-    )
     subset = jnp.asarray([True, False, True, False, False, False, True])
-    np.testing.assert_allclose(
-        subset_logprobs(logits, vocab, subset), jnp.log(jnp.exp(dense) @ (subset & vocab)), rtol=1e-5
-    )
-    np.testing.assert_allclose(token_logprobs_at(logits, vocab, 2), dense[..., 2], rtol=1e-6)
+
+    def dense(x):
+        logp = jax.nn.log_softmax(jnp.where(vocab, x, -1e30), -1)
+        target = jnp.take_along_axis(logp[:, :-1], ids[:, 1:, None], -1)[..., 0]
+        return target, jnp.log(jnp.exp(logp) @ (subset & vocab)), logp[..., 2]
+
+    def ours(x):
+        stats = position_stats(x, vocab, ids, subset)
+        return stats.next_token_logprobs(), stats.subset_logprobs(), token_logprobs_at(x, vocab, stats.log_norm, 2)
+
+    for a, b in zip(ours(logits), dense(logits)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    stats = position_stats(logits, vocab, ids, subset)
+    np.testing.assert_allclose(stats.next_token_cross_entropy(), -dense(logits)[0], rtol=1e-5)
+    # The hand-written backward pass equals autodiff of the dense form.
+    weights = [jnp.asarray(rng.normal(size=x.shape), jnp.float32) for x in dense(logits)]
+
+    def scalar(fn):
+        return lambda x: sum(jnp.sum(w * y) for w, y in zip(weights, fn(x)))
+
+    g_ours, g_dense = jax.grad(scalar(ours))(logits), jax.grad(scalar(dense))(logits)
+    np.testing.assert_allclose(g_ours, g_dense, rtol=1e-4, atol=1e-6)
+    assert float(jnp.abs(g_ours[..., 6]).max()) == 0.0  # padded row
 
 
 def test_subset_logprobs_stay_finite_where_probabilities_underflow():
     logits = jnp.asarray([[[0.0, -200.0, -205.0]]])
-    got = subset_logprobs(logits, jnp.ones(3, bool), jnp.asarray([False, True, True]))
-    np.testing.assert_allclose(got, [[np.logaddexp(-200.0, -205.0)]], rtol=1e-6)
+    stats = position_stats(logits, jnp.ones(3, bool), jnp.zeros((1, 1), jnp.int32), jnp.asarray([False, True, True]))
+    np.testing.assert_allclose(stats.subset_logprobs(), [[np.logaddexp(-200.0, -205.0)]], rtol=1e-6)
+    empty = position_stats(logits, jnp.ones(3, bool), jnp.zeros((1, 1), jnp.int32), jnp.zeros(3, bool))
+    assert float(empty.subset_logprobs()[0, 0]) == -np.inf
 
 
 def test_worked_example_from_the_docs():

@@ -48,7 +48,7 @@ from tokenkit.losses.context import (
     safe_divide,
 )
 from tokenkit.losses.divergences import BINARY_DIVERGENCES
-from tokenkit.losses.logprobs import next_token_logprobs, subset_logprobs, token_logprobs_at
+from tokenkit.losses.logprobs import position_stats, token_logprobs_at
 
 CHUNKINGS = ("unconstrained", "space", "unbiased")
 ALM_MODE_PARTS = ("append_space", "merge_by_space_prob", "eos_as_space")
@@ -133,12 +133,12 @@ def _side_chunks(
     num_chunks: int,
     modes: frozenset[str],
 ) -> _SideChunks:
-    token_logp = next_token_logprobs(outputs.logits, constants.vocab_mask, input_ids)
-    logp = jnp.minimum(chunklib.chunk_sum(token_logp, chunk_ids[:, 1:], num_chunks), 0.0)
+    stats = position_stats(outputs.logits, constants.vocab_mask, input_ids, constants.space_mask)
+    logp = jnp.minimum(chunklib.chunk_sum(stats.next_token_logprobs(), chunk_ids[:, 1:], num_chunks), 0.0)
     if "eos_as_space" in modes:
-        space_logp = token_logprobs_at(outputs.logits, constants.vocab_mask, constants.eos_token_id)
+        space_logp = token_logprobs_at(outputs.logits, constants.vocab_mask, stats.log_norm, constants.eos_token_id)
     else:
-        space_logp = subset_logprobs(outputs.logits, constants.vocab_mask, constants.space_mask)
+        space_logp = stats.subset_logprobs()
     last = chunklib.chunk_last_positions(chunk_ids, num_chunks)
     return _SideChunks(
         logp=logp,
@@ -211,6 +211,29 @@ def _extrema_diagnostics(prefix: str, logp: jax.Array, nonempty: jax.Array, diag
     diagnostics[f"{prefix}_max_p"] = jnp.max(jnp.where(nonempty, logp, LARGE_NEGATIVE))
 
 
+def _chunk_groups(teacher: _SideChunks, student: _SideChunks, sizes: Sequence[int], append_space: bool):
+    """Per group of k consecutive chunks (each k in `sizes`, concatenated): teacher and
+    student log-likelihoods (large negative where empty) and teacher token counts."""
+    counts = teacher.tokens
+    nonempty = counts > 0
+    student_logp = student.logp * nonempty
+    teacher_space = teacher.end_space_logp * nonempty
+    student_space = student.end_space_logp * nonempty
+    t_groups, s_groups, c_groups = [], [], []
+    for k in sizes:
+        t_k = chunklib.group_sum(teacher.logp, k)
+        s_k = chunklib.group_sum(student_logp, k)
+        if append_space:
+            t_k = t_k + chunklib.last_nonempty_in_group(teacher_space, counts, k)
+            s_k = s_k + chunklib.last_nonempty_in_group(student_space, counts, k)
+        t_groups.append(t_k)
+        s_groups.append(s_k)
+        c_groups.append(chunklib.group_sum(counts, k))
+    group_counts = jnp.concatenate(c_groups, -1)
+    filled = lambda x: jnp.where(group_counts > 0, jnp.concatenate(x, -1), LARGE_NEGATIVE)  # noqa: E731
+    return filled(t_groups), filled(s_groups), group_counts
+
+
 def alm_loss(
     ctx: LossContext, chunking: str, options: AlmOptions | None = None
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -222,56 +245,32 @@ def alm_loss(
     modes = options.modes
     batch = ctx.batch
     num_chunks = _num_slots(batch, chunking, options)
-    teacher_ids = _masked_chunk_ids(batch, "teacher", chunking, name)
-    student_ids = _masked_chunk_ids(batch, "student", chunking, name)
-
     teacher = _side_chunks(
-        teacher_out,
-        teacher_constants,
-        batch_key(batch, "input_ids_teacher", name),
-        teacher_ids,
-        num_chunks,
-        modes,
+        teacher_out, teacher_constants, batch_key(batch, "input_ids_teacher", name),
+        _masked_chunk_ids(batch, "teacher", chunking, name), num_chunks, modes,
     )
     student = _side_chunks(
         ctx.student, ctx.student_constants, batch_key(batch, "input_ids_student", name),
-        student_ids, num_chunks, modes,
+        _masked_chunk_ids(batch, "student", chunking, name), num_chunks, modes,
     )
     diagnostics = {
         "student_avg_chunk_lengths": _avg_chunk_length(student.tokens_with_first),
         "teacher_avg_chunk_lengths": _avg_chunk_length(teacher.tokens_with_first),
     }
     # Which chunks exist is decided by the teacher's side (its tokens from position 1).
-    unmerged_counts = [chunklib.group_sum(teacher.tokens, k) for k in options.distill_chunk_sizes]
-    if "merge_by_space_prob" in modes:
-        teacher, student = _merge_by_space_prob(
-            teacher, student, options.tokenizer_pair_bias_threshold, diagnostics
-        )
-    counts = teacher.tokens
-    nonempty = counts > 0
-    student_logp = student.logp * nonempty
-    teacher_space = teacher.end_space_logp * nonempty
-    student_space = student.end_space_logp * nonempty
-    diagnostics["legacy_loss"] = safe_divide(
-        jnp.sum(jnp.abs(student_logp - teacher.logp) * nonempty), jnp.sum(nonempty)
+    unmerged_chunks = _count_normaliser(
+        [chunklib.group_sum(teacher.tokens, k) for k in options.distill_chunk_sizes], "chunk_count"
     )
-
-    teacher_groups, student_groups, group_counts = [], [], []
-    for k in options.distill_chunk_sizes:
-        t_k = chunklib.group_sum(teacher.logp, k)
-        s_k = chunklib.group_sum(student_logp, k)
-        if "append_space" in modes:
-            t_k = t_k + chunklib.last_nonempty_in_group(teacher_space, counts, k)
-            s_k = s_k + chunklib.last_nonempty_in_group(student_space, counts, k)
-        teacher_groups.append(t_k)
-        student_groups.append(s_k)
-        group_counts.append(chunklib.group_sum(counts, k))
-    teacher_logp = jnp.concatenate(teacher_groups, -1)
-    student_logp = jnp.concatenate(student_groups, -1)
-    counts = jnp.concatenate(group_counts, -1)
+    if "merge_by_space_prob" in modes:
+        teacher, student = _merge_by_space_prob(teacher, student, options.tokenizer_pair_bias_threshold, diagnostics)
+    nonempty = teacher.tokens > 0
+    diagnostics["legacy_loss"] = safe_divide(
+        jnp.sum(jnp.abs(student.logp * nonempty - teacher.logp) * nonempty), jnp.sum(nonempty)
+    )
+    teacher_logp, student_logp, counts = _chunk_groups(
+        teacher, student, options.distill_chunk_sizes, "append_space" in modes
+    )
     nonempty = counts > 0
-    teacher_logp = jnp.where(nonempty, teacher_logp, LARGE_NEGATIVE)
-    student_logp = jnp.where(nonempty, student_logp, LARGE_NEGATIVE)
     _extrema_diagnostics("t", teacher_logp, nonempty, diagnostics)
     _extrema_diagnostics("s", student_logp, nonempty, diagnostics)
     diagnostics["n_chunks"] = jnp.sum(nonempty).astype(jnp.float32)
@@ -286,11 +285,8 @@ def alm_loss(
         options.distill_main_path_denominator,
     )
     if "merge_by_space_prob" in modes and options.distill_main_path_denominator == "chunk_count":
-        merged_ratio = safe_divide(
-            _count_normaliser(group_counts, "chunk_count"),
-            _count_normaliser(unmerged_counts, "chunk_count"),
-        )
-        denominator = denominator * merged_ratio
+        # The global merged count is unknowable here: scale by this micro-batch's ratio.
+        denominator = denominator * safe_divide(jnp.sum(nonempty), unmerged_chunks)
     diff = BINARY_DIVERGENCES[options.alm_diff_fn](
         teacher_logp, student_logp, temp=options.binarization_temp, renyi_alpha=options.renyi_alpha
     )

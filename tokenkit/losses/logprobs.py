@@ -1,26 +1,27 @@
 """From logits to the per-position log-probabilities the losses compare.
 
-Everything is fp32 and follows `jax.nn.log_softmax` step for step (shift by the
-stop-gradient max, subtract the log of the summed exponentials), so values match a
-dense `log_softmax` exactly; but only the reductions the losses need are formed, never
-a second `[B, L, V]` array in the forward pass.
+ALM and SFT only need, at each position, three reductions over the vocabulary: the log
+normaliser `log sum_v exp z_v`, the logit of the next token, and the log-sum-exp over a
+subset (tokens starting with a space). `position_stats` computes exactly these, with a
+hand-written backward pass that forms the `[B, L, V]` gradient in one fused expression
+(`g_norm softmax + g_subset subset_softmax + g_next onehot`) from the logits and the
+`[B, L]` normalisers, so no `[B, L, V]` intermediate (log-softmax, probabilities) is
+ever stored. SFT and ALM call it with identical arguments, so inside one `jit` XLA
+computes it once.
 
-Log-probabilities are clipped at 0: rounding can push a log-softmax entry a hair above
-0, and the binarised ALM divergences need `log p <= 0`.
+Padded vocabulary rows are masked to `LARGE_NEGATIVE`; log-probabilities are clipped at 0
+as upstream (rounding can push a log-softmax a hair above 0 and the binarised ALM
+divergences need `log p <= 0`).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
-from tokenkit.losses.context import masked_logits
-
-
-def _shift(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(logits - max, log sum exp(logits - max)), as inside `jax.nn.log_softmax`."""
-    shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    return shifted, jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
+from tokenkit.losses.context import LARGE_NEGATIVE, masked_logits
 
 
 def log_softmax(logits: jax.Array, vocab_mask: jax.Array) -> jax.Array:
@@ -28,48 +29,85 @@ def log_softmax(logits: jax.Array, vocab_mask: jax.Array) -> jax.Array:
     return jnp.minimum(jax.nn.log_softmax(masked_logits(logits, vocab_mask), axis=-1), 0.0)
 
 
-def _next_token(
-    logits: jax.Array, vocab_mask: jax.Array, input_ids: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """(shifted logit of the next token, log normaliser), both `[B, L-1]`."""
-    shifted, log_norm = _shift(masked_logits(logits[:, :-1], vocab_mask))
-    ids = input_ids[:, 1:, None].astype(jnp.int32)
-    return jnp.take_along_axis(shifted, ids, axis=-1)[..., 0], log_norm
+def _log_sum_exp(z: jax.Array, where: jax.Array | None) -> jax.Array:
+    """log sum exp over the last axis (restricted to `where`), shifted by its max; -inf if empty."""
+    if where is not None:
+        z = jnp.where(where, z, -jnp.inf)
+    m = jnp.max(z, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    return m[..., 0] + jnp.log(jnp.sum(jnp.exp(z - m), axis=-1))
 
 
-def next_token_logprobs(
-    logits: jax.Array, vocab_mask: jax.Array, input_ids: jax.Array
-) -> jax.Array:
-    """`[B, L-1]`: entry p is log P(input_ids[p+1] | input_ids[:p+1]), clipped at 0."""
-    target, log_norm = _next_token(logits, vocab_mask, input_ids)
-    return jnp.minimum(target - log_norm, 0.0)
+def _stats_forward(logits, vocab_mask, next_ids, subset):
+    z = masked_logits(logits, vocab_mask)
+    log_norm = _log_sum_exp(z, None)
+    subset_log_norm = _log_sum_exp(z, subset & vocab_mask)
+    next_logit = jnp.take_along_axis(z, next_ids[..., None], axis=-1)[..., 0]
+    return (log_norm, next_logit, subset_log_norm), (logits, vocab_mask, next_ids, subset, log_norm, subset_log_norm)
 
 
-def next_token_cross_entropy(
-    logits: jax.Array, vocab_mask: jax.Array, input_ids: jax.Array
-) -> jax.Array:
-    """`[B, L-1]`: -log P(input_ids[p+1] | ...), unclipped (the SFT loss)."""
-    target, log_norm = _next_token(logits, vocab_mask, input_ids)
-    return log_norm - target
+@jax.custom_vjp
+def _stats(logits, vocab_mask, next_ids, subset):
+    return _stats_forward(logits, vocab_mask, next_ids, subset)[0]
 
 
-def subset_logprobs(logits: jax.Array, vocab_mask: jax.Array, subset: jax.Array) -> jax.Array:
-    """`[B, L]`: log P(next token is in `subset`) at every position, clipped at 0.
+def _stats_backward(residuals, cotangents):
+    logits, vocab_mask, next_ids, subset, log_norm, subset_log_norm = residuals
+    g_norm, g_next, g_subset = cotangents
+    z = masked_logits(logits, vocab_mask)
+    in_subset = subset & vocab_mask
+    softmax = jnp.exp(z - log_norm[..., None])
+    subset_softmax = jnp.where(in_subset, jnp.exp(z - subset_log_norm[..., None]), 0.0)
+    onehot = jnp.arange(z.shape[-1], dtype=jnp.int32) == next_ids[..., None]
+    grad = g_norm[..., None] * softmax + g_subset[..., None] * subset_softmax + jnp.where(onehot, g_next[..., None], 0.0)
+    grad = jnp.where(vocab_mask, grad, 0.0).astype(logits.dtype)
+    return grad, None, None, None
 
-    Computed as a log-sum-exp over the subset with its own max, so it stays finite
-    where the subset's probability underflows in fp32 (a dense `log(probs @ subset)`
-    gives -inf there). -inf only when the subset is empty.
+
+_stats.defvjp(_stats_forward, _stats_backward)
+
+
+class PositionStats(NamedTuple):
+    """Per-position reductions of one side's logits, each `[B, L]`.
+
+    log_norm: log of the softmax normaliser. next_logit: the (masked) logit of the next
+    input token (at the last position: of token 0, unused). subset_log_norm: log-sum-exp
+    over the subset (-inf if it is empty).
     """
-    masked = masked_logits(logits, vocab_mask)
-    shifted, log_norm = _shift(masked)
-    in_subset = jnp.where(subset, shifted, -jnp.inf)
-    subset_max = jax.lax.stop_gradient(jnp.max(in_subset, axis=-1, keepdims=True))
-    subset_max = jnp.where(jnp.isfinite(subset_max), subset_max, 0.0)
-    subset_sum = jnp.sum(jnp.where(subset, jnp.exp(shifted - subset_max), 0.0), axis=-1)
-    return jnp.minimum(jnp.log(subset_sum) + subset_max[..., 0] - log_norm, 0.0)
+
+    log_norm: jax.Array
+    next_logit: jax.Array
+    subset_log_norm: jax.Array
+
+    def next_token_logprobs(self) -> jax.Array:
+        """`[B, L-1]`: entry p is log P(x_{p+1} | x_{<=p}), clipped at 0."""
+        return jnp.minimum(self.next_logit - self.log_norm, 0.0)[:, :-1]
+
+    def next_token_cross_entropy(self) -> jax.Array:
+        """`[B, L-1]`: -log P(x_{p+1} | x_{<=p}), unclipped."""
+        return (self.log_norm - self.next_logit)[:, :-1]
+
+    def subset_logprobs(self) -> jax.Array:
+        """`[B, L]`: log P(next token in the subset), clipped at 0.
+
+        Finite where the subset's probability underflows in fp32 (a dense
+        `log(probs @ subset)` gives -inf there).
+        """
+        return jnp.minimum(self.subset_log_norm - self.log_norm, 0.0)
 
 
-def token_logprobs_at(logits: jax.Array, vocab_mask: jax.Array, token_id: int) -> jax.Array:
-    """`[B, L]`: log P(next token == token_id) at every position, clipped at 0."""
-    shifted, log_norm = _shift(masked_logits(logits, vocab_mask))
-    return jnp.minimum(shifted[..., token_id] - log_norm, 0.0)
+def position_stats(
+    logits: jax.Array, vocab_mask: jax.Array, input_ids: jax.Array, subset: jax.Array
+) -> PositionStats:
+    """The reductions ALM and SFT need from `logits [B, L, V]` (see the module docstring)."""
+    ids = input_ids.astype(jnp.int32)
+    next_ids = jnp.concatenate([ids[:, 1:], jnp.zeros_like(ids[:, :1])], axis=1)
+    return PositionStats(*_stats(logits, vocab_mask, next_ids, subset.astype(bool)))
+
+
+def token_logprobs_at(
+    logits: jax.Array, vocab_mask: jax.Array, log_norm: jax.Array, token_id: int
+) -> jax.Array:
+    """`[B, L]`: log P(next token == token_id), clipped at 0, given the log normaliser."""
+    column = jnp.where(vocab_mask[token_id], logits[..., token_id].astype(jnp.float32), LARGE_NEGATIVE)
+    return jnp.minimum(column - log_norm, 0.0)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from tokenkit.losses.context import LossContext, batch_key, safe_divide
-from tokenkit.losses.logprobs import next_token_cross_entropy
+from tokenkit.losses.logprobs import position_stats
 
 
 def target_count(batch, loss_name: str = "sft") -> jax.Array:
@@ -22,7 +22,9 @@ def sft_loss(ctx: LossContext) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean next-token cross-entropy over the step's loss-masked student targets."""
     ids = batch_key(ctx.batch, "input_ids_student", "sft")
     mask = batch_key(ctx.batch, "loss_mask_student", "sft")[:, 1:].astype(jnp.float32)
-    ce = next_token_cross_entropy(ctx.student.logits, ctx.student_constants.vocab_mask, ids)
+    constants = ctx.student_constants
+    # Same call as ALM's (space mask included) so that, together, XLA computes it once.
+    ce = position_stats(ctx.student.logits, constants.vocab_mask, ids, constants.space_mask).next_token_cross_entropy()
     total = jnp.sum(ce * mask)
     loss = safe_divide(total, target_count(ctx.step_batch))
     return loss, {"micro_batch_ce": safe_divide(total, jnp.sum(mask))}
