@@ -33,6 +33,13 @@ def test_requirements():
     assert by_name["baseline_dskd"].needs_hidden_states and by_name["baseline_dskd"].needs_output_embeddings
     assert by_name["baseline_mined"].needs_mined_mapping
     assert not by_name["alm_space"].needs_hidden_states
+    assert {n: l.chunkings for n, l in by_name.items() if l.chunkings} == {
+        "alm_unconstrained": ("unconstrained",),
+        "alm_space": ("space",),
+        "alm_unbiased": ("unbiased",),
+        "alm_latents": ("unconstrained",),
+        "baseline_mined": ("unconstrained",),
+    }
 
 
 def test_gin_options_reach_the_loss():

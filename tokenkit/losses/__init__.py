@@ -9,7 +9,7 @@ fields carry the upstream names and defaults (`AlmOptions`, `LatentsOptions`,
 naming the valid ones. `get_loss(name)` builds the options (reading the Gin bindings)
 and returns a `Loss`: call it with a context; its fields say what the trainer must put
 into the context (teacher outputs, hidden states, q/k/v, output embeddings, the MinED
-mapping) and `init_params` creates its trainable parameters (DSKD projectors, the
+mapping), which chunkings the batch must carry, and `init_params` creates its trainable parameters (DSKD projectors, the
 latent projection), to be passed back in `ctx.params`.
 
 Normalisation: every loss divides a sum over the micro-batch by a count over
@@ -43,7 +43,7 @@ from tokenkit.losses.context import (
     build_vocab_mask,
 )
 from tokenkit.losses.dskd import DskdOptions, baseline_dskd_loss, init_dskd_params
-from tokenkit.losses.latents import LatentsOptions, alm_latents_loss, init_latents_params
+from tokenkit.losses.latents import LATENTS_CHUNKS, LatentsOptions, alm_latents_loss, init_latents_params
 from tokenkit.losses.mined import MinedOptions, baseline_mined_loss
 from tokenkit.losses.sft import sft_loss
 from tokenkit.losses.uld import baseline_uld_loss
@@ -68,6 +68,7 @@ class Loss:
     needs_attentions: bool = False
     needs_output_embeddings: bool = False
     needs_mined_mapping: bool = False
+    chunkings: tuple[str, ...] = ()  # which `chunks_*_{chunking}` batch keys it reads
     init_params: Callable[[jax.Array, int, int], dict] = _no_params
 
     def __call__(self, ctx: LossContext) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -76,7 +77,12 @@ class Loss:
 
 def _alm(chunking: str) -> Loss:
     options = AlmOptions()
-    return Loss(f"alm_{chunking}", functools.partial(alm_loss, chunking=chunking, options=options), options)
+    return Loss(
+        f"alm_{chunking}",
+        functools.partial(alm_loss, chunking=chunking, options=options),
+        options,
+        chunkings=(chunking,),
+    )
 
 
 def _latents() -> Loss:
@@ -87,6 +93,7 @@ def _latents() -> Loss:
         options,
         needs_hidden_states=bool(options.parts & {"last_hidden_state", "all_hidden_states"}),
         needs_attentions="qkv" in options.parts,
+        chunkings=(LATENTS_CHUNKS[options.latents_chunks],),
         init_params=lambda rng, ds, dt: init_latents_params(rng, ds, dt, options),
     )
 
@@ -106,7 +113,11 @@ def _dskd() -> Loss:
 def _mined() -> Loss:
     options = MinedOptions()
     return Loss(
-        "baseline_mined", functools.partial(baseline_mined_loss, options=options), options, needs_mined_mapping=True
+        "baseline_mined",
+        functools.partial(baseline_mined_loss, options=options),
+        options,
+        needs_mined_mapping=True,
+        chunkings=("unconstrained",),
     )
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,7 +129,6 @@ def parse_space_mask_mode(mode: str) -> frozenset[str]:
     return parts
 
 
-@gin.configurable
 def build_space_mask(
     tokens: Sequence[str],
     special_token_ids: Sequence[int] = (),
