@@ -17,6 +17,7 @@ fails at once with Gin's message and the file it came from.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -174,6 +175,19 @@ def maybe_initialize_distributed() -> bool:
     return True
 
 
+# Libraries whose INFO lines drown the run's own (Orbax logs every save in detail).
+QUIET_LIBRARIES = ("/orbax/", "/jax/_src/", "/grain/")
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Passes library records at WARNING and above only (run with -v 1 to see all)."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.levelno >= std_logging.WARNING or logging.get_verbosity() >= 1:
+            return True
+        return not any(part in record.pathname for part in QUIET_LIBRARIES)
+
+
 def run(main: Callable[..., Any], *, workdir_required: bool = False) -> None:
     """Runs an entrypoint: parse flags and Gin, then `main(workdir=...)`.
 
@@ -196,6 +210,7 @@ def run(main: Callable[..., Any], *, workdir_required: bool = False) -> None:
             logging.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        logging.get_absl_handler().addFilter(_QuietLibraries())
         maybe_initialize_distributed()
         workdir = Path(workdir_flag) if workdir_flag else None
         if workdir is not None and process_index() == 0:

@@ -97,3 +97,14 @@ def test_pair_encoder_aligns_teacher_and_student():
     joined = "".join(same)
     assert "WhatĠisĠ7Ġ+Ġ5?" in joined and "12" in joined
     assert out["chunks_teacher_space"].max() <= out["chunks_teacher_unconstrained"].max()
+
+
+def test_stream_encoder_is_the_unpadded_encoding(tokenizer):
+    from tokenkit.data.encoding import StreamEncoder
+
+    side = SideEncoder(tokenizer, max_length=64, loss_mask_mode="assistant")
+    out = StreamEncoder(side)(CHAT)
+    padded = side(CHAT)
+    n = int(padded["attention_mask"].sum())
+    assert out["input_ids_student"].tolist() == padded["input_ids"][:n].tolist()
+    assert out["loss_mask_student"].tolist() == padded["loss_mask"][:n].tolist()

@@ -199,3 +199,23 @@ class PairEncoder:
                 out[f"chunks_teacher_{kind}"] = chunking.chunks_a.astype(np.int32)
                 out[f"chunks_student_{kind}"] = chunking.chunks_b.astype(np.int32)
         return out
+
+
+@dataclasses.dataclass
+class StreamEncoder:
+    """Encodes records for one tokenizer without padding, for packed pretraining.
+
+    Outputs variable-length `input_ids_<side>` and `loss_mask_<side>`; the pipeline's
+    packing (`make_dataset(pack_length=...)`) concatenates them into full rows. The
+    encoder's `max_length` only caps pathological records (flagged `truncated`).
+    """
+
+    encoder: SideEncoder
+    side: str = "student"
+
+    def __call__(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        encoded = self.encoder.encode(record)
+        return {
+            f"input_ids_{self.side}": np.asarray(encoded.ids, np.int32),
+            f"loss_mask_{self.side}": np.asarray(encoded.loss_mask, np.bool_),
+        }

@@ -11,7 +11,7 @@ iterator continues with exactly the next batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -43,6 +43,8 @@ def make_dataset(
     worker_buffer_size: int = 2,
     process_index: int | None = None,
     process_count: int | None = None,
+    pack_length: int | None = None,
+    pack_keys: Sequence[str] = (),
 ) -> grain.IterDataset:
     """An iterable of batches (dicts of `[batch_size // process_count, ...]` arrays).
 
@@ -54,6 +56,11 @@ def make_dataset(
       seed: fixes the order (and each epoch's reshuffle).
       num_epochs: passes over the data (None: forever).
       num_workers: Grain worker processes (0: encode in the main process).
+      pack_length, pack_keys: concatenate the transform's variable-length 1-D outputs
+        `pack_keys` into one stream and cut it into rows of `pack_length`
+        (pretraining-style packing: every position holds a real token, and an example
+        attends to the ones before it in its row). Adds `attention_mask_<suffix>` for
+        each packed `input_ids_<suffix>`.
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -71,6 +78,12 @@ def make_dataset(
         if process_count > 1:
             dataset = dataset[process_index::process_count]
         dataset = dataset.map(_MapTransform(transform)).to_iter_dataset()
+    if pack_length is not None:
+        if not pack_keys:
+            raise ValueError("pack_length needs pack_keys: the 1-D features to pack.")
+        dataset = grain.experimental.ConcatThenSplitIterDataset(
+            dataset, length_struct={k: pack_length for k in pack_keys}
+        ).map(_PackedMasks())
     dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
     if num_workers > 0:
         dataset = dataset.mp_prefetch(
@@ -79,3 +92,17 @@ def make_dataset(
             )
         )
     return dataset
+
+
+class _PackedMasks(grain.transforms.Map):
+    """Drops the packer's bookkeeping and marks every packed position as real."""
+
+    def map(self, element: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {k: v for k, v in element.items()
+               if not k.endswith(("_positions", "_segment_ids"))}
+        for key in list(out):
+            if key.startswith("input_ids"):
+                mask_key = "attention_mask" + key.removeprefix("input_ids")
+                out[mask_key] = element[key + "_segment_ids"] > 0
+        return out
+

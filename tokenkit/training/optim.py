@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from absl import logging
-from flax import traverse_util
 
 SCHEDULES = ("linear", "cosine", "constant")
 # Upstream default: projector and loss-weight parameters learn twice as fast.
@@ -28,8 +27,11 @@ DEFAULT_PARAM_GROUPS = (
 
 
 def path_string(path: Sequence[Any]) -> str:
-    """`('model', 'layers', 'attn', 'kernel')` -> `'model/layers/attn/kernel'`."""
-    return "/".join(str(p) for p in path)
+    """`('model', 'layers', 'attn', 'kernel')` -> `'model/layers/attn/kernel'`.
+
+    Accepts plain keys or JAX key-path entries (`DictKey`, `GetAttrKey`, ...).
+    """
+    return "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
 
 
 @gin.configurable
@@ -88,15 +90,14 @@ def weight_decay_mask(params: Mapping[str, Any]) -> Any:
     Decided by name rather than rank because scanned layers stack every parameter
     with a leading layer axis (a norm scale is then 2-D).
     """
-    flat = traverse_util.flatten_dict(params)
-
-    def decays(path: tuple[str, ...]) -> bool:
-        leaf = str(path[-1]).lower()
-        if leaf in ("bias", "b", "scale"):
+    def decays(path: tuple[Any, ...], _: Any) -> bool:
+        names = path_string(path).lower().split("/")
+        if names[-1] in ("bias", "b", "scale"):
             return False
-        return not any("norm" in str(p).lower() for p in path)
+        return not any("norm" in name for name in names)
 
-    return traverse_util.unflatten_dict({k: decays(k) for k in flat})
+    # tree_map keeps empty sub-dicts (e.g. no LoRA), which flatten/unflatten would drop.
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def param_group_labels(
@@ -113,18 +114,20 @@ def param_group_labels(
         label = f"group{i}"
         compiled.append((re.compile(pattern), label))
         scales[label] = float(scale)
-    flat = traverse_util.flatten_dict(params)
-    labels = {}
-    for path in flat:
-        name = path_string(path)
-        labels[path] = next((lab for rx, lab in compiled if rx.fullmatch(name)), "default")
-    counts = {lab: sum(1 for v in labels.values() if v == lab) for lab in scales}
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: next(
+            (lab for rx, lab in compiled if rx.fullmatch(path_string(path))), "default"
+        ),
+        params,
+    )
+    flat_labels = jax.tree.leaves(labels)
+    counts = {lab: flat_labels.count(lab) for lab in scales}
     for i, (pattern, scale) in enumerate(groups):
         if counts[f"group{i}"]:
             logging.info(
                 "Parameter group %r (lr x%g): %d tensors.", pattern, scale, counts[f"group{i}"]
             )
-    return traverse_util.unflatten_dict(labels), scales
+    return labels, scales
 
 
 @gin.configurable

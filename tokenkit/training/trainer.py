@@ -1,0 +1,485 @@
+"""The training loop behind `python -m tokenkit.train`.
+
+`train(workdir)` (Gin-configurable; option names follow the upstream trainer) builds the
+run (`tokenkit.training.setup`), the Grain pipeline (`tokenkit.data`), one jitted and
+sharded train step (`tokenkit.training.step`), and loops:
+
+    batch <- Grain iterator (encoded, aligned in worker processes)
+    state, metrics <- step(state, batch, frozen)      # one jit, state donated
+    every log_interval:  metrics.jsonl / TensorBoard line with loss, tokens/s, ETA
+    every eval_interval: bits per byte of student and teacher on the validation texts
+    every save_interval: Orbax checkpoint of state + data iterator position
+
+A workdir that holds checkpoints is resumed from the latest one. SIGTERM saves at the
+next step boundary and returns normally; a non-finite loss stops the run with an error,
+keeping the last good checkpoint. At the end the student is exported in the HF format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from tokenkit import entry
+from tokenkit import losses as losses_lib
+from tokenkit.align import Aligner
+from tokenkit.data import encoding, pipeline, sources
+from tokenkit.evaluation import scoring
+from tokenkit.losses import aggregation as agg
+from tokenkit.models import make_mesh, merge_lora, save_pretrained
+from tokenkit.models.sharding import sharding_context
+from tokenkit.progress import format_duration
+from tokenkit.training import optim, setup as setup_lib, step as step_lib
+from tokenkit.training.checkpoint import Checkpointer, abstract_like
+from tokenkit.training.metrics import MetricsWriter
+from tokenkit.training.preemption import PreemptionWatcher
+
+HOST_ONLY_KEYS = ("truncated_teacher", "truncated_student")
+EXPORT_DIR = "export"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stops without saving."""
+
+
+def required_chunkings(losses: Sequence[losses_lib.Loss]) -> tuple[str, ...]:
+    """Which chunk ids the data pipeline must compute for these losses."""
+    kinds: list[str] = []
+    for loss in losses:
+        if loss.name in ("alm_unconstrained", "alm_space", "alm_unbiased"):
+            kinds.append(loss.name.removeprefix("alm_"))
+        elif loss.name == "alm_latents":
+            kinds.append({"naive": "unconstrained", "space": "space"}[loss.options.latents_chunks])
+        elif loss.name == "baseline_mined":
+            kinds.append("unconstrained")
+    return tuple(dict.fromkeys(kinds))
+
+
+def make_loss_fn(run: setup_lib.RunSetup):
+    """`loss_fn(trainable, frozen, micro_batch, global_batch) -> (losses [n], metrics)`."""
+    losses = run.losses
+    needs_hidden = any(l.needs_hidden_states for l in losses)
+    needs_teacher = run.teacher is not None
+    student, teacher = run.student, run.teacher
+
+    def forward(side, variables, batch, name, expanded=None):
+        out = side.model.apply(
+            variables,
+            batch[f"input_ids_{name}"],
+            batch[f"attention_mask_{name}"],
+            expanded_input_ids=expanded,
+            output_hidden_states=needs_hidden,
+        )
+        hidden = None if out.hidden_states is None else tuple(out.hidden_states)
+        return out.logits, hidden
+
+    def output_embeddings(side, params):
+        if side.config.tie_word_embeddings:
+            return params["embedder"]["embedding"]
+        return params["lm_head"]["kernel"].T
+
+    def loss_fn(trainable, frozen, micro, batch):
+        student_params = run.student_params(trainable, frozen)
+        variables = {"params": student_params}
+        if trainable.get("lora"):
+            variables["lora"] = trainable["lora"]
+        expanded = None
+        if run.expansion is not None:
+            expanded = run.expansion.apply(micro["input_ids_student"], micro["attention_mask_student"])
+        s_logits, s_hidden = forward(student, variables, micro, "student", expanded)
+        student_out = losses_lib.ModelOutputs(
+            logits=s_logits, hidden_states=s_hidden,
+            output_embeddings=output_embeddings(student, student_params)
+            if any(l.needs_output_embeddings for l in losses) else None,
+        )
+        teacher_out = None
+        if needs_teacher:
+            t_params = run.teacher_params(trainable, frozen)
+            t_logits, t_hidden = forward(teacher, {"params": t_params}, micro, "teacher")
+            teacher_out = jax.lax.stop_gradient(losses_lib.ModelOutputs(
+                logits=t_logits, hidden_states=t_hidden,
+                output_embeddings=output_embeddings(teacher, t_params)
+                if any(l.needs_output_embeddings for l in losses) else None,
+            ))
+        ctx = losses_lib.LossContext(
+            batch=micro,
+            global_batch=batch,
+            student=student_out,
+            student_constants=student.constants,
+            teacher=teacher_out,
+            teacher_constants=teacher.constants if teacher else None,
+            params=trainable.get("loss", {}),
+            mined_mapping=None if run.mined_mapping is None else jnp.asarray(run.mined_mapping),
+        )
+        values, metrics = [], {}
+        for loss in losses:
+            value, diagnostics = loss(ctx)
+            values.append(value)
+            metrics.update({f"{loss.name}/{k}": v for k, v in diagnostics.items()})
+        return jnp.stack(values).astype(jnp.float32), metrics
+
+    return loss_fn
+
+
+def _make_mesh(n_data_parallel: int, n_model_parallel: int) -> Mesh:
+    """The run's mesh; a product smaller than the device count uses the first devices."""
+    devices = jax.devices()
+    wanted = n_data_parallel * n_model_parallel
+    if n_data_parallel > 0 and n_model_parallel > 0 and wanted < len(devices):
+        logging.warning(
+            "Mesh %d x %d uses %d of the %d devices.", n_data_parallel, n_model_parallel,
+            wanted, len(devices),
+        )
+        devices = devices[:wanted]
+    return make_mesh(n_data_parallel, n_model_parallel, devices=devices)
+
+
+def _batch_shardings(mesh: Mesh, example: Mapping[str, np.ndarray]) -> dict:
+    return {k: NamedSharding(mesh, PartitionSpec("data", *([None] * (v.ndim - 1))))
+            for k, v in example.items()}
+
+
+def _to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict:
+    """Per-process numpy batches -> global arrays sharded over the data axis."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the training and validation texts come from and how they are encoded.
+
+    train_source / eval_source: built with `tokenkit.data.sources.make_source` (Gin:
+      `train/make_source.paths = [...]`, `eval/make_source.paths = [...]`).
+    eval_texts: how many validation texts the bits-per-byte evaluation scores.
+    pack: for runs without a teacher, concatenate examples into full rows of
+      `max_student_length` instead of padding each (pretraining-style; several times
+      fewer wasted positions on short chat records).
+    """
+
+    batch_size: int = 16
+    num_workers: int = 0
+    max_teacher_length: int = 512
+    max_student_length: int = 512
+    use_chat_template: bool = True
+    chat_template_mode: str = "direct_encode"
+    loss_mask_mode: str | None = None
+    eval_texts: int = 64
+    eval_max_length: int = 1024
+    pack: bool = False
+
+
+def _bits_per_byte(side, variables, tokenizer, texts, max_length, expansion=None) -> dict[str, float]:
+    results = scoring.score_texts(
+        side.model, variables, tokenizer, texts, max_length=max_length,
+        expansion=expansion,
+    )
+    n_bytes = sum(r.n_bytes for r in results)
+    loglik = sum(r.loglik for r in results)
+    return {"bits_per_byte": -loglik / math.log(2) / max(n_bytes, 1), "n_texts": len(results)}
+
+
+@gin.configurable(denylist=["workdir"])
+def train(
+    workdir: Path | None,
+    *,
+    losses: Sequence[str] = ("sft",),
+    steps: int = 1000,
+    seed: int = 1234,
+    grad_acc_steps: int = 1,
+    n_data_parallel: int = 1,
+    n_model_parallel: int = -1,
+    log_interval: int = 10,
+    sync_interval: int = 10,
+    eval_interval: int = 0,
+    save_interval: int = 0,
+    eval_at_step_zero: bool = False,
+    save_at_step_zero: bool = False,
+    keep_checkpoints: int = 3,
+    export: bool = True,
+    tokenizer_pair_bias_threshold: float = 1e-3,
+) -> dict[str, Any]:
+    """Trains as configured by Gin; returns the final evaluation (for callers and tests).
+
+    Args:
+      workdir: checkpoints, metrics, the operative config and the export go here; a workdir
+        with checkpoints is resumed.
+      losses: loss names (see `tokenkit.losses`), combined as `Aggregation` says.
+      steps: optimizer steps; each consumes one global batch of `DataConfig.batch_size`.
+      grad_acc_steps: micro-batches per step (memory of one micro-batch, same result).
+      n_data_parallel, n_model_parallel: mesh shape (one may be -1: the rest).
+      log_interval / sync_interval: metrics lines / host syncs (non-finite checks).
+      eval_interval, save_interval: 0 disables (the end of training always saves).
+      tokenizer_pair_bias_threshold: bias below which a token pair ends an `unbiased`
+        chunk (bias matrices from `build_run.tokenizer_pair_data_path`). ALM's
+        space-probability merging has its own threshold, `AlmOptions`'s.
+    """
+    if workdir is None:
+        raise ValueError("train needs --workdir (checkpoints, metrics and the export go there).")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = _make_mesh(n_data_parallel, n_model_parallel)
+    logging.info("Mesh: %s", dict(mesh.shape))
+    data_config = DataConfig()
+    run = setup_lib.build_run(mesh, losses, seed)
+    loss_names = tuple(l.name for l in run.losses)
+    aggregation = agg.Aggregation()
+    schedule = optim.learning_rate_schedule(steps)
+    tx = optim.make_optimizer(run.trainable, schedule)
+
+    # --- data -----------------------------------------------------------------------
+    chunkings = required_chunkings(run.losses)
+    aligner = None
+    if chunkings:
+        bias = None
+        if "unbiased" in chunkings:
+            if run.pair_data is None:
+                raise ValueError(
+                    "alm_unbiased needs build_run.tokenizer_pair_data_path with bias matrices "
+                    "(tools/compute_tokenizer_info.py)."
+                )
+            bias = run.pair_data.bias_matrices
+        aligner = Aligner(run.teacher.tokenizer, run.student.tokenizer, bias_matrices=bias,
+                          bias_threshold=tokenizer_pair_bias_threshold)
+
+    def side_encoder(tokenizer, max_length):
+        return encoding.SideEncoder(
+            tokenizer, max_length, use_chat_template=data_config.use_chat_template,
+            chat_template_mode=data_config.chat_template_mode,
+            loss_mask_mode=data_config.loss_mask_mode,
+        )
+
+    pack_keys: tuple[str, ...] = ()
+    if data_config.pack:
+        if run.teacher is not None:
+            raise ValueError("DataConfig.pack is for runs without a teacher (e.g. losses=['sft']).")
+        # Records longer than 16 rows are cut (and counted); shorter ones are split
+        # across rows by the packer.
+        transform = encoding.StreamEncoder(
+            side_encoder(run.student.tokenizer, 16 * data_config.max_student_length)
+        )
+        pack_keys = ("input_ids_student", "loss_mask_student")
+    else:
+        transform = encoding.PairEncoder(
+            teacher=side_encoder(run.teacher.tokenizer, data_config.max_teacher_length)
+            if run.teacher else None,
+            student=side_encoder(run.student.tokenizer, data_config.max_student_length),
+            aligner=aligner, chunkings=chunkings,
+        )
+    with gin.config_scope("train"):
+        train_source = sources.make_source()
+    dataset = pipeline.make_dataset(
+        train_source, transform, batch_size=data_config.batch_size, seed=seed,
+        num_workers=data_config.num_workers,
+        pack_length=data_config.max_student_length if data_config.pack else None,
+        pack_keys=pack_keys,
+    )
+    data_iter = iter(dataset)
+
+    # --- state, step ----------------------------------------------------------------
+    trainable = jax.device_put(run.trainable, run.trainable_shardings)
+    frozen = jax.device_put(run.frozen, run.frozen_shardings)
+    # Initialised under jit so the optimizer state follows the parameters' shardings and
+    # scalars live on the whole mesh.
+    state = jax.jit(
+        lambda p: step_lib.init_train_state(p, tx, jax.random.key(seed), aggregation, len(loss_names)),
+    )(trainable)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    train_step = step_lib.make_train_step(
+        make_loss_fn(run), tx, aggregation, loss_names=loss_names, total_steps=steps,
+        grad_acc_steps=grad_acc_steps, learning_rate_fn=schedule,
+    )
+    # One encoded example gives the batch's keys and shapes (the iterator stays untouched,
+    # so a checkpoint at step 0 holds the true start of the data).
+    if data_config.pack:
+        example = {f"{k}_student": np.zeros((1, data_config.max_student_length))
+                   for k in ("input_ids", "loss_mask", "attention_mask")}
+    else:
+        record = train_source[0] if hasattr(train_source, "__getitem__") else next(iter(train_source))
+        example = {k: np.asarray(v)[None] for k, v in transform(record).items()
+                   if k not in HOST_ONLY_KEYS}
+    batch_sh = _batch_shardings(mesh, example)
+    jit_step = jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_sh, run.frozen_shardings),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+    checkpointer = Checkpointer(workdir, keep=keep_checkpoints)
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0,
+                           config={"losses": list(loss_names), "steps": steps})
+    start = checkpointer.latest_step()
+    if start is not None:
+        state = checkpointer.restore(start, abstract_like(state), data_iter)
+        writer.truncate_after(start)
+        logging.info("Resumed from step %d in %s.", start, workdir)
+    else:
+        start = 0
+
+    evaluator = _Evaluator(run, data_config, seed)
+    final_eval: dict[str, Any] = {}
+    if eval_at_step_zero and start == 0:
+        writer.write(0, evaluator(state, frozen), split="eval")
+    if save_at_step_zero and start == 0:
+        checkpointer.save(0, state, data_iter)
+
+    pending: list[tuple[int, dict]] = []
+    truncated = {"teacher": 0, "student": 0}
+    tokens = 0
+    wait_s = 0.0
+    t_start = time.perf_counter()
+    t_log = t_start
+    steps_since_log = 0
+    preempted = False
+
+    def sync() -> None:
+        """Pulls pending metrics to the host, checks them, logs every log_interval."""
+        nonlocal pending
+        for step_num, metrics in jax.device_get(pending):
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"Loss is {loss} at step {step_num}: stopping. The last good checkpoint "
+                    f"({checkpointer.latest_step()}) is kept in {checkpointer.directory}; "
+                    "lower the learning rate or check the data of this step."
+                )
+            if step_num % log_interval == 0 or step_num == steps:
+                writer.write(step_num, metrics)
+        pending = []
+
+    with PreemptionWatcher() as watcher:
+        for step_num in range(start + 1, steps + 1):
+            t0 = time.perf_counter()
+            batch = next(data_iter)
+            wait_s += time.perf_counter() - t0
+            truncated["teacher"] += int(np.sum(batch.get("truncated_teacher", 0)))
+            truncated["student"] += int(np.sum(batch.get("truncated_student", 0)))
+            tokens += int(np.sum(batch["attention_mask_student"]))
+            device_batch = _to_global({k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS}, batch_sh)
+            # Traced (on the first call) with the mesh and rules, so the models'
+            # activation constraints apply.
+            with sharding_context(mesh, run.rules):
+                state, metrics = jit_step(state, device_batch, frozen)
+            steps_since_log += 1
+            if step_num % log_interval == 0 or step_num == steps:
+                jax.block_until_ready(metrics["loss"])
+                now = time.perf_counter()
+                elapsed = now - t_log
+                metrics = dict(metrics)
+                metrics.update({
+                    "tokens_per_second": tokens / elapsed,
+                    "seconds_per_step": elapsed / steps_since_log,
+                    "data_wait_fraction": wait_s / elapsed,
+                    "truncated_teacher_total": truncated["teacher"],
+                    "truncated_student_total": truncated["student"],
+                })
+                eta = (steps - step_num) * elapsed / steps_since_log
+                logging.info("step %d/%d, ETA %s", step_num, steps, format_duration(eta))
+                tokens, wait_s, steps_since_log, t_log = 0, 0.0, 0, now
+            pending.append((step_num, metrics))
+            if step_num % sync_interval == 0 or step_num % log_interval == 0:
+                sync()
+            if eval_interval and step_num % eval_interval == 0 and step_num != steps:
+                sync()
+                writer.write(step_num, evaluator(state, frozen), split="eval")
+            preempted = watcher.requested or checkpointer.reached_preemption(step_num)
+            if (save_interval and step_num % save_interval == 0) or preempted:
+                sync()  # never save a state whose loss is not finite
+                checkpointer.save(step_num, state, data_iter)
+                entry.save_operative_config(workdir)
+            if preempted:
+                logging.warning("Preempted: saved step %d; exiting.", step_num)
+                break
+        sync()
+
+    if not preempted:
+        final_step = int(jax.device_get(state.step))
+        if checkpointer.latest_step() != final_step:
+            checkpointer.save(final_step, state, data_iter)
+        final_eval = evaluator(state, frozen)
+        writer.write(final_step, final_eval, split="eval")
+        _report(final_eval)
+        if export and jax.process_index() == 0:
+            export_student(run, state.params, frozen, workdir / EXPORT_DIR)
+    checkpointer.close()
+    writer.close()
+    logging.info(
+        "Truncated examples over the run: %d teacher, %d student (max lengths %d / %d).",
+        truncated["teacher"], truncated["student"],
+        data_config.max_teacher_length, data_config.max_student_length,
+    )
+    return final_eval
+
+
+def _report(result: Mapping[str, Any]) -> None:
+    student = result.get("student/bits_per_byte")
+    teacher = result.get("teacher/bits_per_byte")
+    if student is None:
+        return
+    line = f"Student bits per byte on the validation texts: {student:.4f}"
+    if teacher is not None:
+        line += f"; teacher {teacher:.4f} (student/teacher = {student / teacher:.3f})"
+    print(line)
+    logging.info("%s", line)
+
+
+class _Evaluator:
+    """Bits per byte of student and teacher on validation texts (same texts for both)."""
+
+    def __init__(self, run: setup_lib.RunSetup, data_config: DataConfig, seed: int):
+        self.run = run
+        self.max_length = data_config.eval_max_length
+        with gin.config_scope("eval"):
+            source = sources.make_source()
+        texts = []
+        for i in range(len(source)):
+            record = source[i]
+            if record.get("text"):
+                texts.append(record["text"])
+            if len(texts) >= data_config.eval_texts:
+                break
+        self.texts = texts
+
+    def __call__(self, state: step_lib.TrainState, frozen: Any) -> dict[str, float]:
+        run = self.run
+        out: dict[str, float] = {}
+        variables = {"params": run.student_params(state.params, frozen)}
+        if state.params.get("lora"):
+            variables["lora"] = state.params["lora"]
+        student = _bits_per_byte(run.student, variables, run.student.tokenizer, self.texts,
+                                 self.max_length, expansion=run.expansion)
+        out["student/bits_per_byte"] = student["bits_per_byte"]
+        if run.teacher is not None:
+            teacher = _bits_per_byte(run.teacher, {"params": run.teacher_params(state.params, frozen)},
+                                     run.teacher.tokenizer, self.texts, self.max_length)
+            out["teacher/bits_per_byte"] = teacher["bits_per_byte"]
+        return out
+
+
+def export_student(run: setup_lib.RunSetup, trainable: Any, frozen: Any, out_dir: Path) -> Path:
+    """Writes the student as an HF checkpoint (LoRA merged, vocabulary padding kept).
+
+    The input-id expansion table is not part of the HF format: a byte-level student
+    trained with it is evaluated with the original model as its expand model.
+    """
+    params = jax.device_get(run.student_params(trainable, frozen))
+    if trainable.get("lora"):
+        params = merge_lora(params, jax.device_get(trainable["lora"]), alpha=run.lora_config.alpha)
+    params = {k: v for k, v in params.items() if k != "expand_embedder"}
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    save_pretrained(out_dir, run.student.config, params, tokenizer=run.student.tokenizer)
+    logging.info("Exported the student to %s.", out_dir)
+    return out_dir
