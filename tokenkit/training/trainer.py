@@ -56,15 +56,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def required_chunkings(losses: Sequence[losses_lib.Loss]) -> tuple[str, ...]:
     """Which chunk ids the data pipeline must compute for these losses."""
-    kinds: list[str] = []
-    for loss in losses:
-        if loss.name in ("alm_unconstrained", "alm_space", "alm_unbiased"):
-            kinds.append(loss.name.removeprefix("alm_"))
-        elif loss.name == "alm_latents":
-            kinds.append({"naive": "unconstrained", "space": "space"}[loss.options.latents_chunks])
-        elif loss.name == "baseline_mined":
-            kinds.append("unconstrained")
-    return tuple(dict.fromkeys(kinds))
+    return tuple(dict.fromkeys(kind for loss in losses for kind in loss.chunkings))
 
 
 def make_loss_fn(run: setup_lib.RunSetup):
