@@ -1,0 +1,194 @@
+"""Token-level ensembles: unified vocabularies, combination, lockstep scoring and decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from lm_eval.api.instance import Instance
+from scipy.special import logsumexp
+
+from tests.evaluation.support import forward_logprobs
+from tokenkit import prompts
+from tokenkit.evaluation import ensemble
+from tokenkit.evaluation.generate import Generator
+from tokenkit.evaluation.lm import TokenkitLM
+
+REPO = Path(__file__).resolve().parents[2]
+PAIRS = [
+    ("What is 12 + 7?", " 19"),
+    ("Spell [quinbersamis] in reverse order.", " simasrebniuq"),
+    ("", "Hello world"),
+    ("In which country is Fograd?\n", "Dresesh"),
+]
+
+
+def requests(kind, args):
+    return [Instance(request_type=kind, doc={}, arguments=a, idx=i, metadata=("t", i, 1))
+            for i, a in enumerate(args)]
+
+
+def test_identical_tokenizers_give_the_identity(llama_model):
+    vocab = ensemble.UnifiedVocabulary.build([llama_model.tokenizer] * 2,
+                                             [llama_model.stop_ids] * 2)
+    assert vocab.is_identity and vocab.size == len(llama_model.tokenizer)
+    assert vocab.stop_ids == llama_model.stop_ids
+
+
+def test_unified_vocabulary_across_families(qwen_models):
+    native, transferred = qwen_models
+    vocab = ensemble.UnifiedVocabulary.build(
+        [native.tokenizer, transferred.tokenizer], [native.stop_ids, transferred.stop_ids])
+    assert not vocab.is_identity
+    # All Qwen2 ids but its 3 special tokens, plus one end entry.
+    assert vocab.size == len(native.tokenizer) - 3 + 1
+    (end,) = vocab.stop_ids
+    assert native.tokenizer.convert_ids_to_tokens(int(vocab.member_ids[0][end])) == "<|im_end|>"
+    assert transferred.tokenizer.convert_ids_to_tokens(int(vocab.member_ids[1][end])) == "<|eot_id|>"
+    regular_0 = native.tokenizer.convert_ids_to_tokens(vocab.member_ids[0][:end].tolist())
+    regular_1 = transferred.tokenizer.convert_ids_to_tokens(vocab.member_ids[1][:end].tolist())
+    assert regular_0 == regular_1 and "Ġthe" in regular_0
+    inverse = vocab.inverse(0, native.config.vocab_size)
+    assert inverse[vocab.member_ids[0][17]] == 17
+    assert inverse[native.tokenizer.convert_tokens_to_ids("<|endoftext|>")] == -1
+
+
+def test_combine_logits():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3, 7)).astype(np.float32) * 3
+    log_sm = lambda x: x - logsumexp(x, axis=-1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(ensemble.combine_logits([a, a], "mean_prob"), log_sm(a),
+                               atol=1e-6)
+    expected = np.log((np.exp(log_sm(a)) + np.exp(log_sm(b))) / 2)
+    np.testing.assert_allclose(ensemble.combine_logits([a, b], "mean_prob"), expected, atol=1e-5)
+    np.testing.assert_allclose(ensemble.combine_logits([a, b], "mean_logits"), (a + b) / 2,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="combine_strategy 'max'.*mean_prob, mean_logits"):
+        ensemble.combine_logits([a], "max")
+
+
+def test_model_ensembled_with_itself_scores_like_the_model(llama_model):
+    alone = TokenkitLM(models=[llama_model], lengths=(32,), tokens_per_batch=128,
+                       show_progress=False)
+    twice = TokenkitLM(models=[llama_model, llama_model], lengths=(32,), tokens_per_batch=128,
+                       combine_strategy="mean_prob", show_progress=False)
+    expected = alone.loglikelihood(requests("loglikelihood", PAIRS))
+    got = twice.loglikelihood(requests("loglikelihood", PAIRS))
+    np.testing.assert_allclose([g[0] for g in got], [e[0] for e in expected], atol=2e-4,
+                               rtol=1e-6)
+    assert [g[1] for g in got] == [e[1] for e in expected]
+    gen = {"until": ["\n"], "max_gen_toks": 6}
+    contexts = [(c, gen) for c, _ in PAIRS if c]
+    assert twice.generate_until(requests("generate_until", contexts)) == alone.generate_until(
+        requests("generate_until", contexts))
+
+
+def _combined(vocab, member_logits, strategy):
+    unified = [x[..., vocab.member_ids[i]] for i, x in enumerate(member_logits)]
+    if strategy == "mean_prob":
+        lps = [u - logsumexp(u, axis=-1, keepdims=True) for u in unified]
+        return logsumexp(np.stack(lps), axis=0) - np.log(len(lps))
+    return sum(unified) / len(unified)
+
+
+@pytest.mark.parametrize("strategy", ensemble.COMBINE_STRATEGIES)
+def test_two_models_lockstep_loglikelihood(qwen_models, strategy):
+    native, transferred = qwen_models
+    lm = TokenkitLM(models=[native, transferred], lengths=(32,), tokens_per_batch=128,
+                    combine_strategy=strategy, show_progress=False)
+    results = lm.loglikelihood(requests("loglikelihood", PAIRS))
+    for (context, continuation), (logprob, _) in zip(PAIRS, results):
+        per_member = [lm._encode_pair(m, context, continuation) for m in lm.models]
+        # The Llama3-family member reads a bos first, the Qwen2 one does not.
+        assert per_member[1][0][0] == transferred.tokenizer.bos_token_id
+        assert per_member[0][0][0] != per_member[1][0][0]
+        n = len(per_member[0][0]) - per_member[0][1]
+        assert n == len(per_member[1][0]) - per_member[1][1] > 0
+        logits = []
+        for model, (ids, start) in zip(lm.models, per_member):
+            # Log-probabilities differ from logits by a shift per position, which neither
+            # strategy's softmax sees.
+            logits.append(forward_logprobs(model, ids)[start - 1: len(ids) - 1])
+        combined = _combined(lm.vocabulary, logits, strategy)
+        combined = combined - logsumexp(combined, axis=-1, keepdims=True)
+        labels = lm._inverse[0][per_member[0][0][per_member[0][1]:]]
+        expected = float(combined[np.arange(n), labels].sum())
+        assert logprob == pytest.approx(expected, abs=2e-3, rel=1e-5)
+
+
+def _naive_lockstep_greedy(models, vocab, prompt, max_new, strategy="mean_prob"):
+    ids = [m.encode(prompt) for m in models]
+    out = []
+    for _ in range(max_new):
+        last = [forward_logprobs(m, seq)[-1] for m, seq in zip(models, ids)]
+        token = int(np.argmax(_combined(vocab, last, strategy)))
+        if token in vocab.stop_ids:
+            break
+        out.append(token)
+        for i, seq in enumerate(ids):
+            seq.append(int(vocab.member_ids[i][token]))
+    return [int(vocab.member_ids[0][t]) for t in out]
+
+
+def test_two_models_generate_in_lockstep(qwen_models):
+    native, transferred = qwen_models
+    generator = Generator([native, transferred], lengths=(32, 64), tokens_per_batch=128,
+                          show_progress=False)
+    texts = ["What is 12 + 7?", "Write \"vexmi\" backwards."]
+    chat = [prompts.preprocess_prompt(t, "surround_instruct") for t in texts]
+    # Each member fills the template with its own family's tokens.
+    assert native.encode(chat[0])[0] != transferred.encode(chat[0])[0]
+    results = generator.generate(chat, max_new_tokens=8)
+    for prompt, result in zip(chat, results):
+        assert result.token_ids == _naive_lockstep_greedy(
+            [native, transferred], generator.vocabulary, prompt, 8)
+        assert len(result.token_ids) > 0
+
+
+def test_members_must_share_a_tokenizer(llama_model, qwen_models):
+    lm = TokenkitLM(models=[llama_model, qwen_models[0]], lengths=(32,), show_progress=False)
+    with pytest.raises(ValueError, match="tokenize a continuation differently"):
+        lm.loglikelihood(requests("loglikelihood", [("What is 12 + 7?", " 19 and more words")]))
+
+
+def test_member_specs():
+    spec = ensemble.MemberSpec.from_dict(0, {"pretrained": "a", "tokenizer": "b:source=Qwen2"})
+    assert spec.add_bos is True and spec.expand_model is None
+    with pytest.raises(ValueError, match="unknown key.*'bos'.*valid keys"):
+        ensemble.MemberSpec.from_dict(1, {"pretrained": "a", "tokenizer": "b", "bos": True})
+    with pytest.raises(ValueError, match="lacks required key.*tokenizer"):
+        ensemble.MemberSpec.from_dict(2, {"pretrained": "a"})
+    with pytest.raises(TypeError, match="must be a dict"):
+        ensemble.MemberSpec.from_dict(3, "a")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "gin" / "ensembles").glob("*.gin")))
+def test_shipped_ensemble_definitions_parse(name):
+    gin.clear_config()
+    try:
+        gin.parse_config_file(str(REPO / "gin" / "ensembles" / name))
+        specs, strategy = ensemble.ensemble_models()
+    finally:
+        gin.clear_config()
+    assert len(specs) >= 2 and strategy in ensemble.COMBINE_STRATEGIES
+    assert all(":source=" in s.tokenizer for s in specs)
+
+
+def test_score_aligned_masks_and_positions():
+    # Two members with identical logits but different offsets (a bos in front of one).
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(1, 5, 6)).astype(np.float32)
+    shifted = np.concatenate([rng.normal(size=(1, 1, 6)).astype(np.float32), logits], axis=1)
+    vocab = ensemble.UnifiedVocabulary((np.arange(6, dtype=np.int32),) * 2, (5,), True)
+    labels = jnp.asarray([[2, 4, 0]])
+    mask = jnp.asarray([[True, True, False]])
+    total, greedy = ensemble.score_aligned(
+        [jnp.asarray(logits), jnp.asarray(shifted)],
+        [jnp.asarray([[1, 2, 0]]), jnp.asarray([[2, 3, 0]])], labels, mask, vocab, "mean_prob")
+    lp = np.asarray(jax.nn.log_softmax(logits[0], -1))
+    assert float(total[0]) == pytest.approx(lp[1, 2] + lp[2, 4], abs=1e-5)
+    assert bool(greedy[0]) == (lp[1].argmax() == 2 and lp[2].argmax() == 4)

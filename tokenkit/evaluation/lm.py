@@ -1,0 +1,494 @@
+"""The lm-eval backend: `TokenkitLM`, registered as `--model tokenkit`.
+
+    python -m tokenkit.lm_eval --model tokenkit \\
+        --model_args pretrained=DIR,tokenizer=PATH:source=Llama3,lengths=128;256 \\
+        --tasks tiny_world_mc --include_path data/eval_tasks
+
+or, from Python, after `import tokenkit.evaluation.lm` (which registers the name):
+
+    lm_eval.simple_evaluate(model="tokenkit", model_args={...}, tasks=[...])
+    lm_eval.simple_evaluate(model=TokenkitLM(models=[eval_model]), tasks=[...])
+
+Requests, as lm-eval defines them:
+
+- `loglikelihood` `(context, continuation)` -> `(logprob, is_greedy)`. As in lm-eval's
+  Hugging Face backend, trailing whitespace of the context moves to the continuation,
+  `context + continuation` is encoded whole and the continuation's ids are what follows
+  the context's own encoding; an empty context is conditioned on bos (or eos). The
+  context starts with bos when `add_bos`. `is_greedy`: every continuation token is the
+  argmax of its prediction.
+- `loglikelihood_rolling` `(text,)` -> `(logprob,)`, windows of the largest bucket
+  length made by lm-eval's `get_rolling_token_windows`.
+- `generate_until` `(context, gen_kwargs)` -> text. The context is wrapped by
+  `chat_template_mode` (e.g. `surround_instruct`: one user turn, then an assistant
+  header), unless it already holds slot markers (lm-eval's `--apply_chat_template`,
+  rendered by `apply_chat_template` below). `gen_kwargs`: `until`, `max_gen_toks`,
+  `do_sample`, `temperature`, `top_k`, `top_p`; the reply is cut at the first stop
+  sequence and stripped of surrounding whitespace (as upstream).
+
+Requests are sorted by length and packed into batches of `tokens_per_batch // L` rows of
+a bucket length `L` from `lengths`, so each bucket compiles once. With one model, scoring
+runs through `tokenkit.evaluation.scoring`; with several (`models=[...]`), they run in
+lockstep as a token-level ensemble (`tokenkit.evaluation.ensemble`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from lm_eval import utils as lm_eval_utils
+
+from tokenkit import families, prompts
+from tokenkit.evaluation import ensemble, generate, scoring
+from tokenkit.evaluation.model import EvalModel, Forward, load_eval_model
+from tokenkit.progress import Progress
+
+# model_args spellings of the upstream option names -> our keyword arguments.
+ARG_ALIASES: Mapping[str, str] = {
+    "model.pretrained_model_name_or_path": "pretrained",
+    "model.tokenizer_name": "tokenizer",
+    "expand_model.pretrained_model_name_or_path": "expand_model",
+    "expand_model.tokenizer_name": "expand_tokenizer",
+}
+# Passed by lm-eval's command line to every backend; batching here is `tokens_per_batch`.
+_HARNESS_ARGS = ("batch_size", "max_batch_size", "device")
+
+
+def parse_lengths(value: int | str | Iterable[int]) -> tuple[int, ...]:
+    """Bucket lengths from model_args (`128;256;512`, `128:256` or `128 256`; commas
+    separate model_args) or from Python / Gin (a list)."""
+    if isinstance(value, (int, np.integer)):
+        return (int(value),)
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[;: ]+", value.strip()) if p]
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise ValueError(
+                f"lengths={value!r}: expected integers separated by ';', ':' or spaces "
+                "(e.g. lengths=128;256;512)"
+            ) from None
+    return tuple(int(v) for v in value)
+
+
+def has_slot_markers(text: str) -> bool:
+    return any(marker in text for marker in families.SLOT_MARKERS)
+
+
+def _ensemble_score(forwards, vocabulary, strategy, params, input_ids, masks, positions,
+                    labels, label_mask):
+    logits = [
+        forward(p, ids, mask, expansion=expansion)[0]
+        for forward, (p, expansion), ids, mask in zip(forwards, params, input_ids, masks)
+    ]
+    return ensemble.score_aligned(logits, positions, labels, label_mask, vocabulary, strategy)
+
+
+_COMPILED: dict[tuple, Callable] = {}
+
+
+def compiled_ensemble_score(
+    forwards: tuple[Forward, ...], vocabulary: ensemble.UnifiedVocabulary, strategy: str
+) -> Callable:
+    """The jitted lockstep scorer of a set of members (shared across `TokenkitLM`s of the
+    same models, whatever their params)."""
+    key = (forwards, vocabulary.fingerprint, strategy)
+    if key not in _COMPILED:
+        _COMPILED[key] = jax.jit(functools.partial(_ensemble_score, forwards, vocabulary, strategy))
+    return _COMPILED[key]
+
+
+@register_model("tokenkit")
+class TokenkitLM(LM):
+    """lm-eval `LM` over tokenkit models (one, or an ensemble in lockstep).
+
+    Args:
+      pretrained, tokenizer: checkpoint directory / hub id and tokenizer spec (the
+        `--model_args` route); or give `models`.
+      models: ready `EvalModel`s (the Python / trainer route); several make an ensemble.
+      lengths: bucket lengths, ascending; the largest is the longest sequence scored or
+        generated (longer inputs lose tokens from the left, counted in the log).
+      tokens_per_batch: rows x bucket length of a batch.
+      add_bos: put bos before texts (with `pretrained`; `models` carry their own).
+      chat_template_mode: how generation prompts are wrapped (`prompts.CHAT_TEMPLATE_MODES`),
+        or None to use them as they are.
+      combine_strategy: how an ensemble's distributions combine (`ensemble.COMBINE_STRATEGIES`).
+      do_sample, temperature, top_k, top_p: sampling defaults for requests that do not set them.
+      max_gen_toks: default generation budget.
+      seed: sampling seed.
+      expand_model, expand_tokenizer: input-id expansion of a byte-level model
+        (`expand_model.pretrained_model_name_or_path` / `expand_model.tokenizer_name` in
+        model_args, as upstream).
+      dtype, param_dtype: compute and parameter dtypes when loading.
+      stop_check_every: decode steps between stop-sequence checks.
+      show_progress: log progress lines.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        tokenizer: str | None = None,
+        *,
+        models: EvalModel | Sequence[EvalModel] | None = None,
+        lengths: int | str | Sequence[int] = generate.DEFAULT_LENGTHS,
+        tokens_per_batch: int = 4096,
+        add_bos: bool = True,
+        chat_template_mode: str | None = "surround_instruct",
+        combine_strategy: str = "mean_prob",
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        max_gen_toks: int = 256,
+        seed: int = 0,
+        expand_model: str | None = None,
+        expand_tokenizer: str | None = None,
+        dtype: str = "float32",
+        param_dtype: str | None = "float32",
+        stop_check_every: int = 16,
+        show_progress: bool = True,
+        **harness_args: Any,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(harness_args) - set(_HARNESS_ARGS))
+        if unknown:
+            raise TypeError(
+                f"TokenkitLM got unknown argument(s) {unknown}; valid: pretrained, tokenizer, "
+                "models, lengths, tokens_per_batch, add_bos, chat_template_mode, "
+                "combine_strategy, do_sample, temperature, top_k, top_p, max_gen_toks, seed, "
+                "expand_model(.pretrained_model_name_or_path), "
+                "expand_tokenizer (expand_model.tokenizer_name), dtype, param_dtype, "
+                "stop_check_every, show_progress"
+            )
+        ignored = {k: v for k, v in harness_args.items() if v not in (None, 1, "1")}
+        if ignored:
+            logging.info(
+                "TokenkitLM ignores %s: batches hold tokens_per_batch tokens and JAX places "
+                "the computation.", ignored,
+            )
+        if models is None:
+            if pretrained is None or tokenizer is None:
+                raise ValueError(
+                    "TokenkitLM needs pretrained=DIR and tokenizer=SPEC (or models=[...])"
+                )
+            models = [
+                load_eval_model(
+                    pretrained, tokenizer, add_bos=add_bos, dtype=dtype,
+                    param_dtype=param_dtype, expand_model=expand_model,
+                    expand_tokenizer=expand_tokenizer,
+                )
+            ]
+        elif pretrained is not None or tokenizer is not None:
+            raise ValueError("Give either pretrained/tokenizer or models, not both")
+        self.models: tuple[EvalModel, ...] = (
+            (models,) if isinstance(models, EvalModel) else tuple(models)
+        )
+        if not self.models:
+            raise ValueError("TokenkitLM needs at least one model")
+        if chat_template_mode in ("", "none", "None"):
+            chat_template_mode = None
+        if chat_template_mode is not None and chat_template_mode not in prompts.CHAT_TEMPLATE_MODES:
+            raise ValueError(
+                f"Unknown chat_template_mode {chat_template_mode!r}; valid modes: "
+                f"{', '.join(prompts.CHAT_TEMPLATE_MODES)} (or None)"
+            )
+        self.chat_template_mode = chat_template_mode
+        ensemble.check_combine_strategy(combine_strategy)
+        self.combine_strategy = combine_strategy
+        max_length = min(m.config.max_position_embeddings for m in self.models)
+        self.lengths = generate.check_lengths(parse_lengths(lengths), max_length)
+        if tokens_per_batch < 1:
+            raise ValueError(f"tokens_per_batch must be >= 1, got {tokens_per_batch}")
+        self.tokens_per_batch = int(tokens_per_batch)
+        self.default_sampling = generate.SamplingConfig(
+            do_sample=bool(do_sample), temperature=float(temperature), top_k=int(top_k),
+            top_p=float(top_p),
+        )
+        self.max_gen_toks = int(max_gen_toks)
+        self.seed = int(seed)
+        self.show_progress = show_progress
+        self.vocabulary = ensemble.UnifiedVocabulary.build(
+            [m.tokenizer for m in self.models], [m.stop_ids for m in self.models]
+        )
+        self.generator = generate.Generator(
+            self.models,
+            lengths=self.lengths,
+            tokens_per_batch=self.tokens_per_batch,
+            combine_strategy=combine_strategy,
+            stop_check_every=stop_check_every,
+            vocabulary=self.vocabulary,
+            show_progress=show_progress,
+        )
+        self._ensemble_score = compiled_ensemble_score(
+            tuple(m.forward_fn for m in self.models), self.vocabulary, combine_strategy
+        )
+        self._inverse = [
+            self.vocabulary.inverse(i, m.config.vocab_size) for i, m in enumerate(self.models)
+        ]
+
+    @classmethod
+    def create_from_arg_string(
+        cls, arg_string: str, additional_config: dict | None = None
+    ) -> TokenkitLM:
+        """From `--model_args key=value,...`; upstream's dotted names are accepted."""
+        args = lm_eval_utils.simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls.create_from_arg_obj(args, extra)
+
+    @classmethod
+    def create_from_arg_obj(
+        cls, arg_dict: dict[str, Any], additional_config: dict | None = None
+    ) -> TokenkitLM:
+        args = {ARG_ALIASES.get(k, k): v for k, v in arg_dict.items()}
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**args, **extra)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def max_length(self) -> int:
+        return self.lengths[-1]
+
+    @property
+    def tokenizer_name(self) -> str:
+        """The tokenizer spec(s), for lm-eval's request cache keys."""
+        return "|".join(str(m.tokenizer.spec or m.tokenizer) for m in self.models)
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """A name for the template (lm-eval records it): slot-marker prompts filled per
+        family by `tokenkit.prompts`, not a Jinja template."""
+        if chat_template is False or chat_template is None:
+            return None
+        return "tokenkit-slot-markers:" + ",".join(m.tokenizer.family.name for m in self.models)
+
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        """The conversation as a slot-marker prompt (filled by each model's family)."""
+        return prompts.preprocess_messages(chat_history, add_generation_prompt=add_generation_prompt)
+
+    # ------------------------------------------------------------------ encoding
+
+    def _encode_pair(self, model: EvalModel, context: str, continuation: str) -> tuple[list[int], int]:
+        """(ids, index of the first continuation token) of one loglikelihood request."""
+        if context == "":
+            cont = model.encode(continuation, bos=False)
+            return [model.prefix_id] + cont, 1
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            continuation = context[-spaces:] + continuation
+            context = context[:-spaces]
+        whole = model.encode(context + continuation)
+        ctx = model.encode(context)
+        return ctx + whole[len(ctx):], len(ctx)
+
+    def _fit(self, ids: list[int], start: int) -> tuple[list[int], int, int]:
+        """Left-truncates to the largest bucket; returns (ids, start, scored tokens lost)."""
+        limit = self.lengths[-1]
+        if len(ids) <= limit:
+            return ids, start, 0
+        cut = len(ids) - limit
+        # Old index `cut` becomes index 0, which has no prediction.
+        return ids[cut:], max(1, start - cut), max(0, cut + 1 - start)
+
+    # ------------------------------------------------------------------ scoring
+
+    def _score(self, items: list[list[tuple[list[int], int]]], what: str) -> list[tuple[float, bool]]:
+        """Scores items (one `(ids, first scored index)` per model) -> (logprob, greedy)."""
+        fitted, truncated, lost = [], 0, 0
+        for per_model in items:
+            row = []
+            for ids, start in per_model:
+                new_ids, new_start, n_lost = self._fit(ids, start)
+                truncated += len(new_ids) < len(ids)
+                lost += n_lost
+                row.append((new_ids, new_start))
+            fitted.append(row)
+        if truncated:
+            logging.warning(
+                "%s: %d sequence(s) longer than %d tokens lost tokens from the left (%d of "
+                "them scored tokens).", what, truncated, self.lengths[-1], lost,
+            )
+        if len(self.models) == 1:
+            return self._score_single([row[0] for row in fitted], what)
+        return self._score_ensemble(fitted, what)
+
+    def _buckets(self, lengths: Sequence[int]) -> dict[int, list[int]]:
+        """Indices grouped by bucket length, longest first within each bucket."""
+        groups: dict[int, list[int]] = {}
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            groups.setdefault(generate.bucket_length(lengths[i], self.lengths), []).append(i)
+        return groups
+
+    def _score_single(self, items: list[tuple[list[int], int]], what: str) -> list[tuple[float, bool]]:
+        model = self.models[0]
+        out: list[tuple[float, bool]] = [(0.0, True)] * len(items)
+        progress = Progress(len(items), what, unit="requests", enabled=self.show_progress)
+        for bucket, indices in sorted(self._buckets([len(ids) for ids, _ in items]).items()):
+            scores = scoring.score_sequences(
+                model.module,
+                {"params": model.params},
+                [items[i][0] for i in indices],
+                [items[i][1] for i in indices],
+                batch_size=max(1, self.tokens_per_batch // bucket),
+                buckets=(bucket,),
+                num_real_tokens=len(model.tokenizer),
+                expansion=model.expansion,
+                pad_id=model.pad_id,
+                show_progress=False,
+            )
+            for i, score in zip(indices, scores):
+                out[i] = (score.loglik, score.is_greedy)
+            progress.update(len(indices))
+        progress.close()
+        return out
+
+    def _unified_labels(self, per_model: list[tuple[list[int], int]]) -> list[int]:
+        """The scored tokens as unified indices; every model must have the same ones."""
+        spelled = []
+        for model, (ids, start) in zip(self.models, per_model):
+            spelled.append(model.tokenizer.convert_ids_to_tokens(ids[start:]))
+        for i, tokens in enumerate(spelled[1:], start=1):
+            if tokens != spelled[0]:
+                raise ValueError(
+                    f"Ensemble members tokenize a continuation differently: {self.models[0].name} "
+                    f"gives {spelled[0]}, {self.models[i].name} gives {tokens}; members of a "
+                    "token-level ensemble must share a tokenizer (transfer them to one first)."
+                )
+        ids0, start0 = per_model[0]
+        labels = self._inverse[0][np.asarray(ids0[start0:], np.int64)].tolist()
+        if any(label < 0 for label in labels):
+            missing = [t for t, lab in zip(spelled[0], labels) if lab < 0]
+            raise ValueError(
+                f"Continuation tokens {missing} are not in the ensemble's unified vocabulary "
+                "(special tokens, or tokens some member lacks) and cannot be scored."
+            )
+        return labels
+
+    def _score_ensemble(
+        self, items: list[list[tuple[list[int], int]]], what: str
+    ) -> list[tuple[float, bool]]:
+        labels = [self._unified_labels(row) for row in items]
+        longest = [max(len(ids) for ids, _ in row) for row in items]
+        params = tuple((m.params, m.expansion) for m in self.models)
+        out: list[tuple[float, bool]] = [(0.0, True)] * len(items)
+        progress = Progress(len(items), what, unit="requests", enabled=self.show_progress)
+        for bucket, indices in sorted(self._buckets(longest).items()):
+            rows = max(1, self.tokens_per_batch // bucket)
+            for first in range(0, len(indices), rows):
+                batch = indices[first:first + rows]
+                ids = [np.full((rows, bucket), m.pad_id, np.int32) for m in self.models]
+                masks = [np.zeros((rows, bucket), np.int32) for _ in self.models]
+                positions = [np.zeros((rows, bucket), np.int32) for _ in self.models]
+                unified = np.zeros((rows, bucket), np.int32)
+                label_mask = np.zeros((rows, bucket), bool)
+                for r, i in enumerate(batch):
+                    for m, (seq, start) in enumerate(items[i]):
+                        ids[m][r, : len(seq)] = seq
+                        masks[m][r, : len(seq)] = 1
+                        k = len(seq) - start
+                        positions[m][r, :k] = np.arange(start - 1, len(seq) - 1)
+                    unified[r, : len(labels[i])] = labels[i]
+                    label_mask[r, : len(labels[i])] = True
+                loglik, greedy = jax.device_get(self._ensemble_score(
+                    params, tuple(ids), tuple(masks), tuple(positions), unified, label_mask
+                ))
+                for r, i in enumerate(batch):
+                    out[i] = (float(loglik[r]), bool(greedy[r]))
+                progress.update(len(batch))
+        progress.close()
+        return out
+
+    # ------------------------------------------------------------------ lm-eval API
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        items = [
+            [self._encode_pair(m, *req.args) for m in self.models] for req in requests
+        ]
+        results = self._score(items, "loglikelihood")
+        for req, result in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood", req.args, result)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        items: list[list[tuple[list[int], int]]] = []
+        owners: list[int] = []
+        max_seq_len = self.lengths[-1] - 1
+        for r, req in enumerate(requests):
+            (text,) = req.args
+            per_model_windows = []
+            for m in self.models:
+                tokens = m.encode(text, bos=False)
+                windows = [
+                    lm_eval_utils.make_disjoint_window(w)
+                    for w in lm_eval_utils.get_rolling_token_windows(
+                        token_list=tokens, prefix_token=m.prefix_id,
+                        max_seq_len=max_seq_len, context_len=1,
+                    )
+                ]
+                per_model_windows.append([(ctx + pred, len(ctx)) for ctx, pred in windows])
+            counts = {len(w) for w in per_model_windows}
+            if len(counts) != 1:
+                raise ValueError(
+                    f"Ensemble members split a text into different numbers of windows {counts}; "
+                    "they must share a tokenizer."
+                )
+            for w in range(counts.pop()):
+                items.append([windows[w] for windows in per_model_windows])
+                owners.append(r)
+        scores = self._score(items, "loglikelihood_rolling") if items else []
+        totals = [0.0] * len(requests)
+        for owner, (logprob, _) in zip(owners, scores):
+            totals[owner] += logprob
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    def _prompt(self, context: str) -> str:
+        if self.chat_template_mode is None or has_slot_markers(context):
+            return context
+        return prompts.preprocess_prompt(context, self.chat_template_mode)
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            key = json.dumps(req.args[1], sort_keys=True, default=str)
+            groups.setdefault(key, []).append(i)
+        outputs: list[str] = [""] * len(requests)
+        for indices in groups.values():
+            gen_kwargs = dict(requests[indices[0]].args[1] or {})
+            unknown = sorted(set(gen_kwargs) - set(generate.GEN_KWARGS))
+            if unknown:
+                logging.warning(
+                    "generate_until ignores gen_kwargs %s (understood: %s)",
+                    {k: gen_kwargs[k] for k in unknown}, ", ".join(generate.GEN_KWARGS),
+                )
+            until = gen_kwargs.get("until") or []
+            if isinstance(until, str):
+                until = [until]
+            max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
+            sampling = generate.sampling_from_gen_kwargs(gen_kwargs, self.default_sampling)
+            logging.info(
+                "Generating %d replies: max %d new tokens, until %s, %s",
+                len(indices), max_new, until, sampling,
+            )
+            results = self.generator.generate(
+                [self._prompt(requests[i].args[0]) for i in indices],
+                max_new_tokens=max_new,
+                until=until,
+                sampling=sampling,
+                seed=self.seed,
+            )
+            for i, result in zip(indices, results):
+                outputs[i] = result.text.strip()
+                self.cache_hook.add_partial("generate_until", requests[i].args, outputs[i])
+        return outputs
