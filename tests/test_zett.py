@@ -18,8 +18,8 @@ from tokenkit import zett as zett_lib
 from tokenkit.models import load_pretrained
 
 REPO = Path(__file__).resolve().parent.parent
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (a test dependency: parity with the PyTorch models)
+import transformers  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

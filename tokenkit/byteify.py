@@ -413,7 +413,9 @@ class ByteifyTokenizer:
         size = max(len(self.tokenizer), max(pieces.values(), default=-1) + 1)
         inv: list[str | None] = [None] * size
         best: dict[str, tuple[int, int]] = {}  # spelling -> (precedence, -id)
-        for piece, i in pieces.items():
+        # In id order, so that `get_vocab()` (and anything iterating it) is the same in
+        # every process; the Hugging Face vocabulary's own order is not.
+        for piece, i in sorted(pieces.items(), key=lambda item: item[1]):
             # Added tokens are stored as the raw text they match, model pieces in the
             # tokenizer's own spelling.
             spell = self.spelling.spell_added if added.get(piece) == i else self.spelling.spell

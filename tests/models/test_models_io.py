@@ -26,8 +26,8 @@ from tokenkit.models import (
 )
 from tokenkit.models.hf_io import parse_size
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (a test dependency: parity with the PyTorch models)
+import transformers  # noqa: E402
 
 NAMES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 

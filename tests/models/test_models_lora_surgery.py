@@ -25,8 +25,8 @@ from tokenkit.models import (
     trim_vocabulary,
 )
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (a test dependency)
+import transformers  # noqa: E402
 
 
 def _logits(model, variables, ids, mask):

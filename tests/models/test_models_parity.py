@@ -9,8 +9,8 @@ import pytest
 
 from tokenkit.models import Transformer, init_cache, load_pretrained, save_pretrained
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (a test dependency: parity with the PyTorch models)
+import transformers  # noqa: E402
 
 # Same list as conftest.MODEL_NAMES (parametrize needs it at collection time).
 MODEL_NAMES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
