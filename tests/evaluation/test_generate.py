@@ -66,9 +66,13 @@ def test_stop_sequence_cuts_decoded_text(llama_model, generator, prompt_ids):
     )[0]
     assert stopped.text == full.text[:first]
     assert stopped.finish_reason == "stop_sequence"
-    # Decoding stopped early (within stop_check_every steps of the stop sequence).
-    assert len(stopped.token_ids) < len(full.token_ids)
-    assert full.token_ids[: len(stopped.token_ids)] == stopped.token_ids
+    # The ids end with the token that completed the stop sequence.
+    n = len(stopped.token_ids)
+    assert n < len(full.token_ids) and full.token_ids[:n] == stopped.token_ids
+    decode = llama_model.tokenizer.decode
+    assert stop in decode(stopped.token_ids) and stop not in decode(stopped.token_ids[:-1])
+    # Checking for stop sequences less often gives the same result.
+    assert generator.generate(prompt_ids[:1], max_new_tokens=16, until=[stop])[0] == stopped
 
 
 def test_cut_at_stop_sequences():

@@ -138,7 +138,9 @@ class GenerationResult:
 
     Attributes:
       text: the decoded reply, cut before the first stop sequence.
-      token_ids: the generated ids (of the output model), without the eos token.
+      token_ids: the generated ids (of the output model): without the eos token, and
+        for "stop_sequence" the shortest prefix whose text contains the stop sequence
+        (so it does not depend on how often stop sequences are checked).
       finish_reason: "stop_sequence", "eos" (the model ended its reply) or "length".
     """
 
@@ -481,8 +483,27 @@ class Generator:
         for r in range(n_real):
             text, cut = cut_at_stop_sequences(texts[r], until)
             reason = "stop_sequence" if cut else ("eos" if hit_eos[r] else "length")
-            results.append(GenerationResult(text=text, token_ids=ids[r], finish_reason=reason))
+            row_ids = self._shortest_stopping_prefix(ids[r], until) if cut else ids[r]
+            results.append(GenerationResult(text=text, token_ids=row_ids, finish_reason=reason))
         return results
+
+    def _shortest_stopping_prefix(self, ids: list[int], until: Sequence[str]) -> list[int]:
+        """The shortest prefix of `ids` whose decoded text contains a stop sequence
+        (binary search: a longer prefix decodes to a longer text)."""
+        tokenizer = self.models[0].tokenizer
+
+        def stops(k: int) -> bool:
+            return cut_at_stop_sequences(tokenizer.decode(ids[:k], skip_special_tokens=True),
+                                         until)[1]
+
+        low, high = 1, len(ids)
+        while low < high:
+            mid = (low + high) // 2
+            if stops(mid):
+                high = mid
+            else:
+                low = mid + 1
+        return ids[:high]
 
     def _output_ids(self, state: DecodeState, n_real: int) -> list[list[int]]:
         tokens = np.asarray(state.tokens)
