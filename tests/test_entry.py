@@ -15,6 +15,11 @@ from tools import build_file
 REPO = Path(__file__).resolve().parent.parent
 
 
+# `python -m tokenkit.lm_eval` is lm-eval's own command line with our backend registered
+# (its flags are lm-eval's: --model, --tasks, ...), not an absl app.
+NOT_ABSL_APPS = {"tokenkit.lm_eval"}
+
+
 def _entrypoint_modules() -> list[str]:
     modules = []
     for path in sorted((REPO / "tokenkit").rglob("*.py")):
@@ -25,7 +30,7 @@ def _entrypoint_modules() -> list[str]:
             modules.append(".".join(rel.parent.parts))
         elif build_file.is_entrypoint(path):
             modules.append(".".join(rel.parts))
-    return modules
+    return [m for m in modules if m not in NOT_ABSL_APPS]
 
 
 def _run(args: list[str], cwd: Path = REPO, **kwargs) -> subprocess.CompletedProcess:

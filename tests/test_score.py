@@ -115,7 +115,7 @@ def test_bad_input(setup, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         score_lib.score(model=str(tmp_path / "missing_model"), **base)
     small = _save_model(tmp_path / "small", 1024, seed=0)
-    with pytest.raises(ValueError, match="has 4096 tokens but the model .* only 1024 embedding rows"):
+    with pytest.raises(ValueError, match="has 4096 ids but the model .* only 1024 embedding rows"):
         score_lib.score(model=str(small), **base)
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         score_lib.score(model=str(setup["llama"]), tokenizer=setup["spec"],

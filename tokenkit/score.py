@@ -37,14 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import gin
-import jax.numpy as jnp
 from absl import logging
 
 from tokenkit import entry
-from tokenkit.byteify import load_byteify_tokenizer
 from tokenkit.evaluation import scoring
-from tokenkit.models import hf_io, load_config, load_pretrained, make_transformer
-from tokenkit.models.expand import build_expansion
+from tokenkit.evaluation.model import load_eval_model
 
 OUTPUT_FILE = "scores.jsonl"
 
@@ -92,43 +89,22 @@ def score(
         compilation per bucket; default: powers of two up to `max_length`).
       dtype: compute and parameter dtype.
     """
-    if (expand_model is None) != (expand_tokenizer is None):
-        raise ValueError(
-            "expand_model and expand_tokenizer go together; got "
-            f"expand_model={expand_model!r}, expand_tokenizer={expand_tokenizer!r}."
-        )
     lines = read_lines(text_file)
-    tok = load_byteify_tokenizer(tokenizer)
-    config = load_config(hf_io.resolve_checkpoint_dir(model))
-    if len(tok) > config.vocab_size:
-        raise ValueError(
-            f"Tokenizer {tokenizer} has {len(tok)} tokens but the model {model} only "
-            f"{config.vocab_size} embedding rows; transfer the model first (python -m tokenkit.zett)."
-        )
-
-    config, params = load_pretrained(model, dtype=jnp.dtype(dtype))
-    expansion = None
-    if expand_model is not None:
-        old_tok = load_byteify_tokenizer(expand_tokenizer)
-        _, old_params = load_pretrained(expand_model, dtype=jnp.dtype(dtype))
-        expansion = build_expansion(tok, old_tok)
-        params = {
-            **params,
-            "expand_embedder": {"embedding": expansion.embedding_table(old_params["embedder"]["embedding"])},
-        }
-        del old_params
-    module = make_transformer(config, dtype=dtype, param_dtype=dtype)
+    model_ = load_eval_model(
+        model, tokenizer, dtype=dtype, param_dtype=dtype,
+        expand_model=expand_model, expand_tokenizer=expand_tokenizer,
+    )
     scores = scoring.score_texts(
-        module,
-        {"params": params},
-        tok,
+        model_.module,
+        {"params": model_.params},
+        model_.tokenizer,
         lines,
         add_bos=add_bos,
         max_length=max_length,
         stride=stride,
         batch_size=batch_size,
         buckets=buckets,
-        expansion=expansion,
+        expansion=model_.expansion,
     )
     records = [s.as_dict() for s in scores]
 

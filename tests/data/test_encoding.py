@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -5,7 +7,8 @@ from tokenkit import prompts
 from tokenkit.byteify import load_byteify_tokenizer
 from tokenkit.data.encoding import SideEncoder
 
-from conftest import DATA_DIR
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = REPO_ROOT / "data"
 
 CHAT = {"messages": [{"role": "user", "content": "What is 7 + 5?"},
                      {"role": "assistant", "content": "12"}]}

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import gin
 import jax
@@ -21,7 +22,8 @@ from tokenkit.training import trainer
 from tokenkit.training.metrics import read_metrics
 from tokenkit.training.setup import random_init_config
 
-from conftest import DATA_DIR, REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = REPO_ROOT / "data"
 
 LLAMA3 = f"{DATA_DIR}/tokenizers/llama3_bpe:source=Llama3"
 GEMMA2 = f"{DATA_DIR}/tokenizers/gemma2_sp:source=Gemma2"

@@ -27,8 +27,10 @@ from tokenkit.models import (
     KVCache,
     ModelConfig,
     Transformer,
+    load_config,
     load_pretrained,
     param_shardings,
+    resolve_checkpoint_dir,
     shard,
 )
 from tokenkit.models.expand import Expansion, build_expansion
@@ -132,12 +134,7 @@ class EvalModel:
         """
         if isinstance(tokenizer, str):
             tokenizer = byteify.load_byteify_tokenizer(tokenizer)
-        if len(tokenizer) > config.vocab_size:
-            raise ValueError(
-                f"Tokenizer {tokenizer!r} has {len(tokenizer)} ids but the model {name} has only "
-                f"{config.vocab_size} embedding rows; transfer the model to this tokenizer first "
-                "(python -m tokenkit.zett)."
-            )
+        check_tokenizer_fits(tokenizer, config, name)
         if add_bos and tokenizer.bos_token_id is None:
             logging.info(
                 "%s: family %s has no bos token; add_bos=True adds nothing.",
@@ -236,6 +233,16 @@ class EvalModel:
         return ids
 
 
+def check_tokenizer_fits(tokenizer: ByteifyTokenizer, config: ModelConfig, name: str) -> None:
+    """Raises if the tokenizer has more ids than the model has embedding rows."""
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"Tokenizer {tokenizer!r} has {len(tokenizer)} ids but the model {name} has only "
+            f"{config.vocab_size} embedding rows; transfer the model to this tokenizer first "
+            "(python -m tokenkit.zett)."
+        )
+
+
 def load_eval_model(
     pretrained: str,
     tokenizer: str | ByteifyTokenizer,
@@ -268,6 +275,8 @@ def load_eval_model(
         )
     if isinstance(tokenizer, str):
         tokenizer = byteify.load_byteify_tokenizer(tokenizer)
+    # The cheap check first: a tokenizer the model cannot embed fails before any weights load.
+    check_tokenizer_fits(tokenizer, load_config(resolve_checkpoint_dir(pretrained)), str(pretrained))
     config, params = load_pretrained(pretrained, mesh=mesh, dtype=param_dtype)
     expansion = None
     if expand_model is not None:

@@ -12,7 +12,6 @@ tokenizer is verified before the build succeeds (see `checks.py`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 from absl import app, flags, logging  # noqa: E402
 
 from tools.tiny_world import bpe, checks, corpus, unigram  # noqa: E402
+from tools.tiny_world.checksums import write_checksums  # noqa: E402
 from tools.tiny_world.facts import DEFAULT_SEED  # noqa: E402
 from tools.tiny_world.hf_dir import write_tokenizer_dir  # noqa: E402
 from tools.tiny_world.paths import DATA_DIR  # noqa: E402
@@ -36,21 +36,15 @@ MAX_CHAT_RECORDS_FOR_TOKENIZERS = 2000
 WHAT = ("all", "corpus", "tokenizers")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out_dir", str(DATA_DIR), "Writes corpus/ and tokenizers/ here.")
-flags.DEFINE_integer("seed", DEFAULT_SEED, "Seed of the fact table and the chat tasks.")
-flags.DEFINE_enum("what", "all", WHAT, "Which part to build; `tokenizers` reads the "
-                  "corpus already in out_dir.")
 
 
-def write_checksums(directory: Path, files: list[Path]) -> Path:
-    """Writes `SHA256SUMS` (sha256sum format, paths relative to `directory`, sorted)."""
-    lines = []
-    for path in sorted(files, key=lambda p: p.relative_to(directory).as_posix()):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        lines.append(f"{digest}  {path.relative_to(directory).as_posix()}\n")
-    sums = directory / "SHA256SUMS"
-    sums.write_text("".join(lines), encoding="utf-8", newline="\n")
-    return sums
+def _define_flags() -> None:
+    # Defined only when run as a program, so importing this module (tests do) adds no
+    # flags to another program's.
+    flags.DEFINE_string("out_dir", str(DATA_DIR), "Writes corpus/ and tokenizers/ here.")
+    flags.DEFINE_integer("seed", DEFAULT_SEED, "Seed of the fact table and the chat tasks.")
+    flags.DEFINE_enum("what", "all", WHAT, "Which part to build; `tokenizers` reads the "
+                      "corpus already in out_dir.")
 
 
 def _load(directory: Path):
@@ -138,4 +132,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

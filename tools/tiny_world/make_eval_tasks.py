@@ -19,7 +19,6 @@ Rerunning gives identical bytes; `SHA256SUMS` lists the files
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from tools.tiny_world import chat_tasks
+from tools.tiny_world.checksums import write_checksums
 from tools.tiny_world.facts import DEFAULT_SEED, FactTable, load_fact_table
 from tools.tiny_world.paths import CORPUS_DIR, DATA_DIR
 
@@ -36,11 +36,15 @@ GEN_TASKS: tuple[str, ...] = ("add", "sub", "mul", "copy", "reverse")
 NUM_CHOICES = 4
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out_dir", str(EVAL_TASKS_DIR), "Writes mc.jsonl and gen.jsonl here.")
-flags.DEFINE_string("corpus_dir", str(CORPUS_DIR), "Reads test.jsonl and facts.json here.")
-flags.DEFINE_integer("mc_per_task", 20, "Multiple-choice questions per chat task.")
-flags.DEFINE_integer("gen_per_task", 40, "Generation questions per task in GEN_TASKS.")
-flags.DEFINE_integer("seed", DEFAULT_SEED, "Seed of the distractors and choice order.")
+
+
+def _define_flags() -> None:
+    # Defined only when run as a program, so importing this module adds no flags.
+    flags.DEFINE_string("out_dir", str(EVAL_TASKS_DIR), "Writes mc.jsonl and gen.jsonl here.")
+    flags.DEFINE_string("corpus_dir", str(CORPUS_DIR), "Reads test.jsonl and facts.json here.")
+    flags.DEFINE_integer("mc_per_task", 20, "Multiple-choice questions per chat task.")
+    flags.DEFINE_integer("gen_per_task", 40, "Generation questions per task in GEN_TASKS.")
+    flags.DEFINE_integer("seed", DEFAULT_SEED, "Seed of the distractors and choice order.")
 
 
 def chat_records(path: Path) -> list[dict]:
@@ -111,17 +115,6 @@ def write_jsonl(path: Path, docs: Sequence[dict]) -> Path:
     return path
 
 
-def write_sums(out_dir: Path, files: Sequence[Path]) -> Path:
-    """`SHA256SUMS` of `files` (names relative to `out_dir`), as `sha256sum -c` reads it.
-
-    (`tools.tiny_world.build` has the same helper, but importing it defines its flags.)
-    """
-    lines = sorted(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in files)
-    sums = out_dir / "SHA256SUMS"
-    sums.write_text("".join(lines), encoding="utf-8", newline="\n")
-    return sums
-
-
 def build(out_dir: Path, corpus_dir: Path, mc_per_task: int, gen_per_task: int,
           seed: int) -> list[Path]:
     """Writes mc.jsonl, gen.jsonl and SHA256SUMS into `out_dir`; returns the data files."""
@@ -131,7 +124,7 @@ def build(out_dir: Path, corpus_dir: Path, mc_per_task: int, gen_per_task: int,
     mc = multiple_choice_docs(first_per_task(records, chat_tasks.TASKS, mc_per_task), facts, seed)
     gen = generation_docs(first_per_task(records, GEN_TASKS, gen_per_task))
     files = [write_jsonl(out_dir / "mc.jsonl", mc), write_jsonl(out_dir / "gen.jsonl", gen)]
-    write_sums(out_dir, files)
+    write_checksums(out_dir, files)
     logging.info("Wrote %d multiple-choice and %d generation docs to %s", len(mc), len(gen),
                  out_dir)
     return files
@@ -144,4 +137,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
