@@ -247,3 +247,16 @@ def test_each_cross_tokenizer_loss_trains(tiny_model, tmp_path, loss):
     trainer.train(tmp_path / loss)
     last = [r for r in read_metrics(tmp_path / loss) if r["split"] == "train"][-1]
     assert np.isfinite(last[f"loss/{loss}"]) and last[f"loss/{loss}"] > 0
+
+
+@pytest.mark.slow
+def test_lm_eval_tasks_at_evaluation(tiny_model, tmp_path):
+    _configure(
+        tiny_model, "train.steps = 1", "train.losses = ['sft', 'alm_unconstrained']",
+        f"build_run.target_tokenizer = '{GEMMA2}'", "train.eval_tasks = ['tiny_world_mc']",
+        "eval.limit = 4", "eval.lengths = [64, 128]", "eval.tokens_per_batch = 512",
+    )
+    result = trainer.train(tmp_path / "run")
+    for side in ("student", "teacher"):
+        assert 0.0 <= result[f"{side}/tiny_world_mc/acc"] <= 1.0
+    assert (tmp_path / "run" / "lm_eval" / "student_step_1").is_dir()

@@ -36,7 +36,8 @@ from tokenkit import entry
 from tokenkit import losses as losses_lib
 from tokenkit.align import Aligner
 from tokenkit.data import encoding, pipeline, sources
-from tokenkit.evaluation import scoring
+from tokenkit.evaluation import harness, scoring
+from tokenkit.evaluation.model import EvalModel
 from tokenkit.losses import aggregation as agg
 from tokenkit.models import make_mesh, merge_lora, save_pretrained
 from tokenkit.models.sharding import sharding_context
@@ -201,6 +202,7 @@ def train(
     save_at_step_zero: bool = False,
     keep_checkpoints: int = 3,
     export: bool = True,
+    eval_tasks: Sequence[str] = (),
     tokenizer_pair_bias_threshold: float = 1e-3,
 ) -> dict[str, Any]:
     """Trains as configured by Gin; returns the final evaluation (for callers and tests).
@@ -214,6 +216,9 @@ def train(
       n_data_parallel, n_model_parallel: mesh shape (one may be -1: the rest).
       log_interval / sync_interval: metrics lines / host syncs (non-finite checks).
       eval_interval, save_interval: 0 disables (the end of training always saves).
+      eval_tasks: lm-eval tasks to run on the student at each evaluation (settings from
+        Gin `eval.*`, e.g. gin/eval/tiny_world.gin); the frozen teacher is scored on them
+        once. Results also go to `workdir/lm_eval/step_<n>/`.
       tokenizer_pair_bias_threshold: bias below which a token pair ends an `unbiased`
         chunk (bias matrices from `build_run.tokenizer_pair_data_path`). ALM's
         space-probability merging has its own threshold, `AlmOptions`'s.
@@ -321,10 +326,10 @@ def train(
     else:
         start = 0
 
-    evaluator = _Evaluator(run, data_config, seed)
+    evaluator = _Evaluator(run, data_config, eval_tasks, workdir)
     final_eval: dict[str, Any] = {}
     if eval_at_step_zero and start == 0:
-        writer.write(0, evaluator(state, frozen), split="eval")
+        writer.write(0, evaluator(state, frozen, 0), split="eval")
     if save_at_step_zero and start == 0:
         checkpointer.save(0, state, data_iter)
 
@@ -386,7 +391,7 @@ def train(
                 sync()
             if eval_interval and step_num % eval_interval == 0 and step_num != steps:
                 sync()
-                writer.write(step_num, evaluator(state, frozen), split="eval")
+                writer.write(step_num, evaluator(state, frozen, step_num), split="eval")
             preempted = watcher.requested or checkpointer.reached_preemption(step_num)
             if (save_interval and step_num % save_interval == 0) or preempted:
                 sync()  # never save a state whose loss is not finite
@@ -401,7 +406,7 @@ def train(
         final_step = int(jax.device_get(state.step))
         if checkpointer.latest_step() != final_step:
             checkpointer.save(final_step, state, data_iter)
-        final_eval = evaluator(state, frozen)
+        final_eval = evaluator(state, frozen, final_step)
         writer.write(final_step, final_eval, split="eval")
         _report(final_eval)
         if export and jax.process_index() == 0:
@@ -429,11 +434,16 @@ def _report(result: Mapping[str, Any]) -> None:
 
 
 class _Evaluator:
-    """Bits per byte of student and teacher on validation texts (same texts for both)."""
+    """Bits per byte of student and teacher on validation texts (same texts for both),
+    and optionally lm-eval task scores."""
 
-    def __init__(self, run: setup_lib.RunSetup, data_config: DataConfig, seed: int):
+    def __init__(self, run: setup_lib.RunSetup, data_config: DataConfig,
+                 tasks: Sequence[str], workdir: Path):
         self.run = run
         self.max_length = data_config.eval_max_length
+        self.tasks = tuple(tasks)
+        self.workdir = workdir
+        self._teacher_tasks: dict[str, float] | None = None
         with gin.config_scope("eval"):
             source = sources.make_source()
         texts = []
@@ -445,19 +455,46 @@ class _Evaluator:
                 break
         self.texts = texts
 
-    def __call__(self, state: step_lib.TrainState, frozen: Any) -> dict[str, float]:
+    def _student_params(self, state: step_lib.TrainState, frozen: Any) -> dict:
+        params = self.run.student_params(state.params, frozen)
+        if state.params.get("lora"):
+            params = merge_lora(params, state.params["lora"], alpha=self.run.lora_config.alpha)
+        return params
+
+    def _tasks(self, side, params, expansion, step: int, name: str) -> dict[str, float]:
+        model = EvalModel.create(side.config, params, side.tokenizer, expansion=expansion,
+                                 name=name)
+        results = harness.evaluate(
+            model, tasks=self.tasks,
+            output_dir=self.workdir / "lm_eval" / f"{name}_step_{step}",
+        )
+        out = {}
+        for task, metrics in results.get("results", {}).items():
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and "stderr" not in key:
+                    out[f"{name}/{task}/{key.split(',')[0]}"] = float(value)
+        return out
+
+    def __call__(self, state: step_lib.TrainState, frozen: Any, step: int) -> dict[str, float]:
         run = self.run
         out: dict[str, float] = {}
-        variables = {"params": run.student_params(state.params, frozen)}
-        if state.params.get("lora"):
-            variables["lora"] = state.params["lora"]
-        student = _bits_per_byte(run.student, variables, run.student.tokenizer, self.texts,
-                                 self.max_length, expansion=run.expansion)
+        params = self._student_params(state, frozen)
+        student = _bits_per_byte(run.student, {"params": params}, run.student.tokenizer,
+                                 self.texts, self.max_length, expansion=run.expansion)
         out["student/bits_per_byte"] = student["bits_per_byte"]
+        teacher_params = None
         if run.teacher is not None:
-            teacher = _bits_per_byte(run.teacher, {"params": run.teacher_params(state.params, frozen)},
+            teacher_params = run.teacher_params(state.params, frozen)
+            teacher = _bits_per_byte(run.teacher, {"params": teacher_params},
                                      run.teacher.tokenizer, self.texts, self.max_length)
             out["teacher/bits_per_byte"] = teacher["bits_per_byte"]
+        if self.tasks:
+            out.update(self._tasks(run.student, params, run.expansion, step, "student"))
+            if teacher_params is not None:
+                if self._teacher_tasks is None:  # the teacher is frozen: score it once
+                    self._teacher_tasks = self._tasks(run.teacher, teacher_params, None, step,
+                                                      "teacher")
+                out.update(self._teacher_tasks)
         return out
 
 
