@@ -55,6 +55,7 @@ def _configure(model_dir, *bindings):
         "DataConfig.max_teacher_length = 32",
         "DataConfig.max_student_length = 48",
         "DataConfig.eval_texts = 2",
+        "DataConfig.eval_chats = 3",
         "DataConfig.eval_max_length = 64",
         "learning_rate_schedule.learning_rate = 1e-3",
         "train.n_model_parallel = 1",
@@ -147,7 +148,8 @@ def test_transfer_to_bytes_with_expansion_latents_and_gradmag(tiny_model, tmp_pa
         "DataConfig.max_student_length = 96",
     )
     result = trainer.train(tmp_path / "bytes")
-    assert set(result) == {"student/bits_per_byte", "teacher/bits_per_byte"}
+    assert set(result) == {f"{side}/{key}" for side in ("student", "teacher")
+                           for key in ("bits_per_byte", "answer_bits_per_byte")}
     assert all(np.isfinite(v) for v in result.values())
     records = [r for r in read_metrics(tmp_path / "bytes") if r["split"] == "train"]
     assert "alm_unconstrained/teacher_avg_chunk_lengths" in records[-1] or any(
@@ -260,3 +262,29 @@ def test_lm_eval_tasks_at_evaluation(tiny_model, tmp_path):
     for side in ("student", "teacher"):
         assert 0.0 <= result[f"{side}/tiny_world_mc/acc"] <= 1.0
     assert (tmp_path / "run" / "lm_eval" / "student_step_1").is_dir()
+
+
+def test_answer_bits_per_byte_scores_only_the_answer(tiny_model):
+    import math
+    import types
+
+    import jax.numpy as jnp
+
+    from tokenkit import prompts
+    from tokenkit.byteify import load_byteify_tokenizer
+    from tokenkit.models import load_pretrained
+
+    tokenizer = load_byteify_tokenizer(LLAMA3)
+    config, params = load_pretrained(tiny_model)
+    side = types.SimpleNamespace(model=make_transformer(config))
+    chat = [{"role": "user", "content": "Reverse: abc"}, {"role": "assistant", "content": "cba"}]
+    got = trainer._answer_bits_per_byte(side, {"params": params}, tokenizer, [chat])
+
+    prompt = prompts.encode_prompt(
+        prompts.preprocess_messages(chat[:1], add_generation_prompt=True), tokenizer).ids
+    answer = prompts.encode_prompt("cba", tokenizer).ids
+    ids = jnp.asarray([list(prompt) + list(answer)])
+    logits = side.model.apply({"params": params}, ids, jnp.ones_like(ids)).logits[0]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    expected = -sum(float(logp[len(prompt) + i - 1, t]) for i, t in enumerate(answer))
+    assert got == pytest.approx(expected / math.log(2) / 3, rel=1e-5)

@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tokenkit import entry
+from tokenkit import entry, prompts
 from tokenkit import losses as losses_lib
 from tokenkit.align import Aligner
 from tokenkit.data import encoding, pipeline, sources
@@ -156,7 +156,12 @@ class DataConfig:
 
     train_source / eval_source: built with `tokenkit.data.sources.make_source` (Gin:
       `train/make_source.paths = [...]`, `eval/make_source.paths = [...]`).
-    eval_texts: how many validation texts the bits-per-byte evaluation scores.
+    eval_texts: how many validation texts (`text` records) the bits-per-byte
+      evaluation scores.
+    eval_chats: how many validation conversations (`messages` records) whose last,
+      assistant message is scored given the rest through the chat template
+      (`answer_bits_per_byte`: the same bytes for every tokenizer, template tokens only
+      condition).
     pack: for runs without a teacher, concatenate examples into full rows of
       `max_student_length` instead of padding each (pretraining-style; several times
       fewer wasted positions on short chat records).
@@ -170,18 +175,40 @@ class DataConfig:
     chat_template_mode: str = "direct_encode"
     loss_mask_mode: str | None = None
     eval_texts: int = 64
+    eval_chats: int = 128
     eval_max_length: int = 1024
     pack: bool = False
 
 
-def _bits_per_byte(side, variables, tokenizer, texts, max_length, expansion=None) -> dict[str, float]:
+def _bits_per_byte(side, variables, tokenizer, texts, max_length, expansion=None) -> float:
+    """Bits per UTF-8 byte of whole texts (bos, where the family has one, conditions)."""
     results = scoring.score_texts(
         side.model, variables, tokenizer, texts, max_length=max_length,
-        expansion=expansion,
+        expansion=expansion, show_progress=False,
     )
     n_bytes = sum(r.n_bytes for r in results)
-    loglik = sum(r.loglik for r in results)
-    return {"bits_per_byte": -loglik / math.log(2) / max(n_bytes, 1), "n_texts": len(results)}
+    return -sum(r.loglik for r in results) / math.log(2) / max(n_bytes, 1)
+
+
+def _answer_bits_per_byte(side, variables, tokenizer, chats, expansion=None) -> float:
+    """Bits per byte of each conversation's final (assistant) message given the rest.
+
+    The prompt goes through the slot-marker chat template of the tokenizer's family; the
+    answer's own tokens are scored, so every tokenizer is measured on the same bytes.
+    """
+    sequences, starts, n_bytes = [], [], 0
+    for messages in chats:
+        prompt = prompts.preprocess_messages(messages[:-1], add_generation_prompt=True)
+        prompt_ids = list(prompts.encode_prompt(prompt, tokenizer).ids)
+        answer_ids = list(prompts.encode_prompt(messages[-1]["content"], tokenizer).ids)
+        sequences.append(prompt_ids + answer_ids)
+        starts.append(len(prompt_ids))
+        n_bytes += len(messages[-1]["content"].encode("utf-8"))
+    scores = scoring.score_sequences(
+        side.model, variables, sequences, starts, num_real_tokens=len(tokenizer),
+        expansion=expansion, pad_id=tokenizer.pad_token_id or 0, show_progress=False,
+    )
+    return -sum(s.loglik for s in scores) / math.log(2) / max(n_bytes, 1)
 
 
 @gin.configurable(denylist=["workdir"])
@@ -336,6 +363,7 @@ def train(
     pending: list[tuple[int, dict]] = []
     truncated = {"teacher": 0, "student": 0}
     tokens = 0
+    teacher_tokens = 0
     wait_s = 0.0
     t_start = time.perf_counter()
     t_log = t_start
@@ -365,6 +393,8 @@ def train(
             truncated["teacher"] += int(np.sum(batch.get("truncated_teacher", 0)))
             truncated["student"] += int(np.sum(batch.get("truncated_student", 0)))
             tokens += int(np.sum(batch["attention_mask_student"]))
+            if "attention_mask_teacher" in batch:
+                teacher_tokens += int(np.sum(batch["attention_mask_teacher"]))
             device_batch = _to_global({k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS}, batch_sh)
             # Traced (on the first call) with the mesh and rules, so the models'
             # activation constraints apply.
@@ -378,6 +408,7 @@ def train(
                 metrics = dict(metrics)
                 metrics.update({
                     "tokens_per_second": tokens / elapsed,
+                    "teacher_tokens_per_second": teacher_tokens / elapsed,
                     "seconds_per_step": elapsed / steps_since_log,
                     "data_wait_fraction": wait_s / elapsed,
                     "truncated_teacher_total": truncated["teacher"],
@@ -385,7 +416,7 @@ def train(
                 })
                 eta = (steps - step_num) * elapsed / steps_since_log
                 logging.info("step %d/%d, ETA %s", step_num, steps, format_duration(eta))
-                tokens, wait_s, steps_since_log, t_log = 0, 0.0, 0, now
+                tokens, teacher_tokens, wait_s, steps_since_log, t_log = 0, 0, 0.0, 0, now
             pending.append((step_num, metrics))
             if step_num % sync_interval == 0 or step_num % log_interval == 0:
                 sync()
@@ -422,19 +453,22 @@ def train(
 
 
 def _report(result: Mapping[str, Any]) -> None:
-    student = result.get("student/bits_per_byte")
-    teacher = result.get("teacher/bits_per_byte")
-    if student is None:
-        return
-    line = f"Student bits per byte on the validation texts: {student:.4f}"
-    if teacher is not None:
-        line += f"; teacher {teacher:.4f} (student/teacher = {student / teacher:.3f})"
-    print(line)
-    logging.info("%s", line)
+    """Prints how close the student came to the teacher."""
+    for key, what in (("bits_per_byte", "validation texts"),
+                      ("answer_bits_per_byte", "validation answers")):
+        student = result.get(f"student/{key}")
+        if student is None:
+            continue
+        teacher = result.get(f"teacher/{key}")
+        line = f"Student bits per byte on the {what}: {student:.4f}"
+        if teacher is not None:
+            line += f"; teacher {teacher:.4f} (student/teacher = {student / teacher:.3f})"
+        print(line)
+        logging.info("%s", line)
 
 
 class _Evaluator:
-    """Bits per byte of student and teacher on validation texts (same texts for both),
+    """Bits per byte of student and teacher on the same validation texts and answers,
     and optionally lm-eval task scores."""
 
     def __init__(self, run: setup_lib.RunSetup, data_config: DataConfig,
@@ -446,14 +480,28 @@ class _Evaluator:
         self._teacher_tasks: dict[str, float] | None = None
         with gin.config_scope("eval"):
             source = sources.make_source()
-        texts = []
+        self.texts: list[str] = []
+        self.chats: list[list[dict]] = []
         for i in range(len(source)):
             record = source[i]
-            if record.get("text"):
-                texts.append(record["text"])
-            if len(texts) >= data_config.eval_texts:
+            if record.get("messages") and record["messages"][-1]["role"] == "assistant":
+                if len(self.chats) < data_config.eval_chats:
+                    self.chats.append(record["messages"])
+            elif record.get("text") and len(self.texts) < data_config.eval_texts:
+                self.texts.append(record["text"])
+            if len(self.texts) >= data_config.eval_texts and len(self.chats) >= data_config.eval_chats:
                 break
-        self.texts = texts
+
+    def _scores(self, side, params, expansion, name: str) -> dict[str, float]:
+        out = {}
+        variables = {"params": params}
+        if self.texts:
+            out[f"{name}/bits_per_byte"] = _bits_per_byte(
+                side, variables, side.tokenizer, self.texts, self.max_length, expansion)
+        if self.chats:
+            out[f"{name}/answer_bits_per_byte"] = _answer_bits_per_byte(
+                side, variables, side.tokenizer, self.chats, expansion)
+        return out
 
     def _student_params(self, state: step_lib.TrainState, frozen: Any) -> dict:
         params = self.run.student_params(state.params, frozen)
@@ -477,17 +525,12 @@ class _Evaluator:
 
     def __call__(self, state: step_lib.TrainState, frozen: Any, step: int) -> dict[str, float]:
         run = self.run
-        out: dict[str, float] = {}
         params = self._student_params(state, frozen)
-        student = _bits_per_byte(run.student, {"params": params}, run.student.tokenizer,
-                                 self.texts, self.max_length, expansion=run.expansion)
-        out["student/bits_per_byte"] = student["bits_per_byte"]
+        out = self._scores(run.student, params, run.expansion, "student")
         teacher_params = None
         if run.teacher is not None:
             teacher_params = run.teacher_params(state.params, frozen)
-            teacher = _bits_per_byte(run.teacher, {"params": teacher_params},
-                                     run.teacher.tokenizer, self.texts, self.max_length)
-            out["teacher/bits_per_byte"] = teacher["bits_per_byte"]
+            out.update(self._scores(run.teacher, teacher_params, None, "teacher"))
         if self.tasks:
             out.update(self._tasks(run.student, params, run.expansion, step, "student"))
             if teacher_params is not None:
