@@ -102,3 +102,24 @@ def test_indivisible_batch_is_a_clear_error():
     state, batch, step = _setup("mean", k=3)
     with pytest.raises(ValueError, match="not divisible by grad_acc_steps=3"):
         step(state, batch)
+
+
+def test_leaf_probe_measures_one_parameter_even_a_frozen_one():
+    def loss_fn_frozen_scale(params, frozen, micro, batch):
+        scaled = dict(params, head=params["head"] * frozen["scale"])
+        return loss_fn(scaled, None, micro, batch)
+
+    state, batch, _ = _setup("approx_gradmag")
+    frozen = {"scale": jnp.full((D,), 1.5, jnp.float32)}
+    aggregation = agg.Aggregation(multitask_aggregation_fn="approx_gradmag")
+    step = jax.jit(S.make_train_step(
+        loss_fn_frozen_scale, optax.sgd(0.1), aggregation, loss_names=NAMES, total_steps=10,
+        probe=S.leaf_probe(("scale",)),
+    ))
+    _, metrics = step(state, batch, frozen)
+    jac = jax.jacrev(lambda f: loss_fn_frozen_scale(state.params, f, batch, batch)[0])(frozen)
+    expected = 1.0 / (jnp.linalg.norm(jac["scale"], axis=1) + agg.NORM_EPSILON)
+    np.testing.assert_allclose(metrics["approx_loss_weight/fit"], expected[0], rtol=1e-5)
+    np.testing.assert_allclose(metrics["approx_loss_weight/shrink"], expected[1], rtol=1e-5)
+    with pytest.raises(KeyError, match="nope/x"):
+        S.leaf_probe(("nope", "x")).zeros(state.params, frozen)

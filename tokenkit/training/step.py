@@ -22,7 +22,7 @@ rather than a closure so that it is neither copied into the program nor differen
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,41 +94,90 @@ def _tree_add(a: Any, b: Any) -> Any:
     return jax.tree.map(jnp.add, a, b)
 
 
-def probe_paths(params: Any) -> Callable[[Any], Any]:
-    """Selects the probe parameters for GradMag/GradNorm: the last layer.
+class Probe(NamedTuple):
+    """Where GradMag/GradNorm measure each loss's gradient: a zero perturbation added to
+    some parameters, whose per-loss gradients are the measurement.
 
-    Layers are stacked on a leading axis under a `layers` key, so the probe is the last
-    slice of every trainable leaf under `layers`; with no trainable layer parameters
-    (e.g. embeddings-only training) the whole trainable tree is the probe.
+    zeros(trainable, frozen) -> the perturbation (a list of arrays);
+    inject(trainable, frozen, perturbation) -> (trainable, frozen) with it added.
     """
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    in_layers = [
-        any(getattr(k, "key", None) == "layers" for k in path) for path, _ in flat
-    ]
-    return in_layers if any(in_layers) else None  # type: ignore[return-value]
+
+    zeros: Callable[[Any, Any], list[jax.Array]]
+    inject: Callable[[Any, Any, list[jax.Array]], tuple[Any, Any]]
 
 
-def _with_probe(params: Any, probe: list[jax.Array], in_layers: list[bool] | None) -> Any:
-    """`params` with `probe` added to the last layer slice (or to everything)."""
-    leaves, treedef = jax.tree.flatten(params)
-    out, i = [], 0
-    for j, leaf in enumerate(leaves):
-        if in_layers is None:
-            out.append(leaf + probe[i].astype(leaf.dtype))
-            i += 1
-        elif in_layers[j]:
-            out.append(leaf.at[-1].add(probe[i].astype(leaf.dtype)))
-            i += 1
-        else:
-            out.append(leaf)
-    return jax.tree.unflatten(treedef, out)
+def last_layer_probe() -> Probe:
+    """The upstream's probe: the last transformer layer's trainable parameters.
+
+    Layers are stacked on a leading axis under a `layers` key, so this is the last
+    slice of every trainable leaf under `layers` (with none, the whole trainable tree).
+    Exact to the upstream, but its gradient runs back through the whole layer scan (the
+    stacked arrays depend on the perturbation), once per loss.
+    """
+
+    def in_layers(trainable: Any) -> list[bool] | None:
+        flat = jax.tree_util.tree_flatten_with_path(trainable)[0]
+        marks = [any(getattr(k, "key", None) == "layers" for k in path) for path, _ in flat]
+        return marks if any(marks) else None
+
+    def zeros(trainable: Any, frozen: Any) -> list[jax.Array]:
+        del frozen
+        marks, leaves = in_layers(trainable), jax.tree.leaves(trainable)
+        if marks is None:
+            return [jnp.zeros(x.shape, jnp.float32) for x in leaves]
+        return [jnp.zeros(x.shape[1:], jnp.float32) for x, m in zip(leaves, marks) if m]
+
+    def inject(trainable: Any, frozen: Any, probe: list[jax.Array]) -> tuple[Any, Any]:
+        marks = in_layers(trainable)
+        leaves, treedef = jax.tree.flatten(trainable)
+        out, i = [], 0
+        for j, leaf in enumerate(leaves):
+            if marks is None or marks[j]:
+                delta = probe[i].astype(leaf.dtype)
+                out.append(leaf + delta if marks is None else leaf.at[-1].add(delta))
+                i += 1
+            else:
+                out.append(leaf)
+        return jax.tree.unflatten(treedef, out), frozen
+
+    return Probe(zeros, inject)
 
 
-def _probe_zeros(params: Any, in_layers: list[bool] | None) -> list[jax.Array]:
-    leaves = jax.tree.leaves(params)
-    if in_layers is None:
-        return [jnp.zeros(x.shape, jnp.float32) for x in leaves]
-    return [jnp.zeros(x.shape[1:], jnp.float32) for x, m in zip(leaves, in_layers) if m]
+def leaf_probe(path: tuple[str, ...]) -> Probe:
+    """A probe on one named parameter, trainable or frozen (e.g. the final norm's scale).
+
+    Its gradient only runs back from the losses to that parameter, so for a parameter
+    after the layer stack the probe costs a forward pass and a few small backward ones.
+    """
+
+    def find(trainable: Any, frozen: Any) -> tuple[int, Any]:
+        for index, tree in enumerate((trainable, frozen)):
+            node = tree
+            for key in path:
+                if not isinstance(node, Mapping) or key not in node:
+                    break
+                node = node[key]
+            else:
+                return index, node
+        raise KeyError(f"Probe parameter {'/'.join(path)} is in neither parameter tree.")
+
+    def zeros(trainable: Any, frozen: Any) -> list[jax.Array]:
+        _, leaf = find(trainable, frozen)
+        return [jnp.zeros(leaf.shape, jnp.float32)]
+
+    def inject(trainable: Any, frozen: Any, probe: list[jax.Array]) -> tuple[Any, Any]:
+        index, leaf = find(trainable, frozen)
+        trees = [trainable, frozen]
+
+        def put(node: Mapping, keys: tuple[str, ...]) -> dict:
+            if not keys:
+                return leaf + probe[0].astype(leaf.dtype)
+            return {**node, keys[0]: put(node[keys[0]], keys[1:])}
+
+        trees[index] = put(trees[index], path)
+        return trees[0], trees[1]
+
+    return Probe(zeros, inject)
 
 
 def make_train_step(
@@ -140,8 +189,13 @@ def make_train_step(
     total_steps: int,
     grad_acc_steps: int = 1,
     learning_rate_fn: optax.Schedule | None = None,
+    probe: Probe | None = None,
 ) -> Callable[[TrainState, Batch, Any], tuple[TrainState, dict[str, jax.Array]]]:
-    """Builds `step(state, batch) -> (state, metrics)`; see the module docstring."""
+    """Builds `step(state, batch, frozen) -> (state, metrics)`; see the module docstring.
+
+    `probe` says where GradMag/GradNorm measure gradients (default: the last layer).
+    """
+    probe = last_layer_probe() if probe is None else probe
     n = len(loss_names)
     aggregation.check_num_losses(n)
     k = grad_acc_steps
@@ -189,13 +243,12 @@ def make_train_step(
         else:
             scale, denominator = weights, None
             if kind in ("probe", "gradnorm"):
-                in_layers = probe_paths(trainable)
-                zeros = _probe_zeros(trainable, in_layers)
+                zeros = probe.zeros(trainable, frozen)
 
                 def probe_fn(micro):
                     jac, _ = jax.jacrev(
-                        lambda probe: weighted(_with_probe(trainable, probe, in_layers),
-                                               frozen, micro, batch, weights),
+                        lambda delta: weighted(*probe.inject(trainable, frozen, delta),
+                                               micro, batch, weights),
                         has_aux=True,
                     )(zeros)
                     return jac

@@ -48,6 +48,10 @@ from tokenkit.training.metrics import MetricsWriter
 from tokenkit.training.preemption import PreemptionWatcher
 
 HOST_ONLY_KEYS = ("truncated_teacher", "truncated_student")
+GRADMAG_PROBES = {
+    "final_norm": lambda: step_lib.leaf_probe(("student", "final_norm", "scale")),
+    "last_layer": step_lib.last_layer_probe,
+}
 EXPORT_DIR = "export"
 
 
@@ -230,6 +234,7 @@ def train(
     keep_checkpoints: int = 3,
     export: bool = True,
     eval_tasks: Sequence[str] = (),
+    gradmag_probe: str = "final_norm",
     tokenizer_pair_bias_threshold: float = 1e-3,
 ) -> dict[str, Any]:
     """Trains as configured by Gin; returns the final evaluation (for callers and tests).
@@ -246,6 +251,10 @@ def train(
       eval_tasks: lm-eval tasks to run on the student at each evaluation (settings from
         Gin `eval.*`, e.g. gin/eval/tiny_world.gin); the frozen teacher is scored on them
         once. Results also go to `workdir/lm_eval/step_<n>/`.
+      gradmag_probe: where GradMag / GradNorm measure each loss's gradient: `final_norm`
+        (the student's final norm scale: a forward pass and small backward ones) or
+        `last_layer` (the upstream's choice: the last layer's trainable parameters,
+        which costs one backward pass through the whole layer stack per loss).
       tokenizer_pair_bias_threshold: bias below which a token pair ends an `unbiased`
         chunk (bias matrices from `build_run.tokenizer_pair_data_path`). ALM's
         space-probability merging has its own threshold, `AlmOptions`'s.
@@ -321,9 +330,12 @@ def train(
         lambda p: step_lib.init_train_state(p, tx, jax.random.key(seed), aggregation, len(loss_names)),
     )(trainable)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    if gradmag_probe not in GRADMAG_PROBES:
+        raise ValueError(f"Unknown gradmag_probe {gradmag_probe!r}; valid: {', '.join(GRADMAG_PROBES)}.")
     train_step = step_lib.make_train_step(
         make_loss_fn(run), tx, aggregation, loss_names=loss_names, total_steps=steps,
         grad_acc_steps=grad_acc_steps, learning_rate_fn=schedule,
+        probe=GRADMAG_PROBES[gradmag_probe](),
     )
     # One encoded example gives the batch's keys and shapes (the iterator stays untouched,
     # so a checkpoint at step 0 holds the true start of the data).
