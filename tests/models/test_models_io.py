@@ -26,7 +26,6 @@ from tokenkit.models import (
 )
 from tokenkit.models.hf_io import parse_size
 
-import torch  # noqa: E402  (a test dependency: parity with the PyTorch models)
 import transformers  # noqa: E402
 
 NAMES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")

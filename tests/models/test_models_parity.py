@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tokenkit.models import Transformer, init_cache, load_pretrained, save_pretrained
 
-import torch  # noqa: E402  (a test dependency: parity with the PyTorch models)
 import transformers  # noqa: E402
 
 # Same list as conftest.MODEL_NAMES (parametrize needs it at collection time).

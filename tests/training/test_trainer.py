@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 from tokenkit import entry
 from tokenkit.data.sources import MalformedRecordError
 from tokenkit.models import init_params, make_transformer, save_pretrained
-from tokenkit.training import trainer
+from tokenkit.training import evaluator, trainer
 from tokenkit.training.metrics import read_metrics
 from tokenkit.training.setup import random_init_config
 
@@ -278,7 +278,7 @@ def test_answer_bits_per_byte_scores_only_the_answer(tiny_model):
     config, params = load_pretrained(tiny_model)
     side = types.SimpleNamespace(model=make_transformer(config))
     chat = [{"role": "user", "content": "Reverse: abc"}, {"role": "assistant", "content": "cba"}]
-    got = trainer._answer_bits_per_byte(side, {"params": params}, tokenizer, [chat])
+    got = evaluator.answer_bits_per_byte(side, {"params": params}, tokenizer, [chat])
 
     prompt = prompts.encode_prompt(
         prompts.preprocess_messages(chat[:1], add_generation_prompt=True), tokenizer).ids

@@ -18,7 +18,6 @@ keeping the last good checkpoint. At the end the student is exported in the HF f
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -32,18 +31,17 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tokenkit import entry, prompts
+from tokenkit import entry
 from tokenkit import losses as losses_lib
 from tokenkit.align import Aligner
 from tokenkit.data import encoding, pipeline, sources
-from tokenkit.evaluation import harness, scoring
-from tokenkit.evaluation.model import EvalModel
 from tokenkit.losses import aggregation as agg
 from tokenkit.models import make_mesh, merge_lora, save_pretrained
 from tokenkit.models.sharding import sharding_context
 from tokenkit.progress import format_duration
 from tokenkit.training import optim, setup as setup_lib, step as step_lib
 from tokenkit.training.checkpoint import Checkpointer, abstract_like
+from tokenkit.training.evaluator import Evaluator, report
 from tokenkit.training.metrics import MetricsWriter
 from tokenkit.training.preemption import PreemptionWatcher
 
@@ -184,35 +182,102 @@ class DataConfig:
     pack: bool = False
 
 
-def _bits_per_byte(side, variables, tokenizer, texts, max_length, expansion=None) -> float:
-    """Bits per UTF-8 byte of whole texts (bos, where the family has one, conditions)."""
-    results = scoring.score_texts(
-        side.model, variables, tokenizer, texts, max_length=max_length,
-        expansion=expansion, show_progress=False,
-    )
-    n_bytes = sum(r.n_bytes for r in results)
-    return -sum(r.loglik for r in results) / math.log(2) / max(n_bytes, 1)
+def build_data(
+    run: setup_lib.RunSetup, data_config: DataConfig, seed: int, bias_threshold: float
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """The run's Grain dataset, and one example batch row giving the keys and shapes.
 
-
-def _answer_bits_per_byte(side, variables, tokenizer, chats, expansion=None) -> float:
-    """Bits per byte of each conversation's final (assistant) message given the rest.
-
-    The prompt goes through the slot-marker chat template of the tokenizer's family; the
-    answer's own tokens are scored, so every tokenizer is measured on the same bytes.
+    The example comes from encoding the first record directly, so the iterator stays
+    untouched (a checkpoint at step 0 holds the true start of the data).
     """
-    sequences, starts, n_bytes = [], [], 0
-    for messages in chats:
-        prompt = prompts.preprocess_messages(messages[:-1], add_generation_prompt=True)
-        prompt_ids = list(prompts.encode_prompt(prompt, tokenizer).ids)
-        answer_ids = list(prompts.encode_prompt(messages[-1]["content"], tokenizer).ids)
-        sequences.append(prompt_ids + answer_ids)
-        starts.append(len(prompt_ids))
-        n_bytes += len(messages[-1]["content"].encode("utf-8"))
-    scores = scoring.score_sequences(
-        side.model, variables, sequences, starts, num_real_tokens=len(tokenizer),
-        expansion=expansion, pad_id=tokenizer.pad_token_id or 0, show_progress=False,
+    chunkings = required_chunkings(run.losses)
+    aligner = None
+    if chunkings:
+        bias = None
+        if "unbiased" in chunkings:
+            if run.pair_data is None:
+                raise ValueError(
+                    "alm_unbiased needs build_run.tokenizer_pair_data_path with bias matrices "
+                    "(tools/compute_tokenizer_info.py)."
+                )
+            bias = run.pair_data.bias_matrices
+        aligner = Aligner(run.teacher.tokenizer, run.student.tokenizer, bias_matrices=bias,
+                          bias_threshold=bias_threshold)
+
+    def side_encoder(tokenizer, max_length):
+        return encoding.SideEncoder(
+            tokenizer, max_length, use_chat_template=data_config.use_chat_template,
+            chat_template_mode=data_config.chat_template_mode,
+            loss_mask_mode=data_config.loss_mask_mode,
+        )
+
+    with gin.config_scope("train"):
+        source = sources.make_source()
+    if data_config.pack:
+        if run.teacher is not None:
+            raise ValueError("DataConfig.pack is for runs without a teacher (e.g. losses=['sft']).")
+        # Records longer than 16 rows are cut (and counted); shorter ones are split
+        # across rows by the packer.
+        transform = encoding.StreamEncoder(
+            side_encoder(run.student.tokenizer, 16 * data_config.max_student_length)
+        )
+        example = {f"{k}_student": np.zeros((1, data_config.max_student_length))
+                   for k in ("input_ids", "loss_mask", "attention_mask")}
+    else:
+        transform = encoding.PairEncoder(
+            teacher=side_encoder(run.teacher.tokenizer, data_config.max_teacher_length)
+            if run.teacher else None,
+            student=side_encoder(run.student.tokenizer, data_config.max_student_length),
+            aligner=aligner, chunkings=chunkings,
+        )
+        record = source[0] if hasattr(source, "__getitem__") else next(iter(source))
+        example = {k: np.asarray(v)[None] for k, v in transform(record).items()
+                   if k not in HOST_ONLY_KEYS}
+    dataset = pipeline.make_dataset(
+        source, transform, batch_size=data_config.batch_size, seed=seed,
+        num_workers=data_config.num_workers,
+        pack_length=data_config.max_student_length if data_config.pack else None,
+        pack_keys=("input_ids_student", "loss_mask_student") if data_config.pack else (),
     )
-    return -sum(s.loglik for s in scores) / math.log(2) / max(n_bytes, 1)
+    return dataset, example
+
+
+class _Throughput:
+    """Host-side counters between log lines: tokens, data wait, truncations."""
+
+    def __init__(self) -> None:
+        self.truncated = {"teacher": 0, "student": 0}
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self.tokens = {"student": 0, "teacher": 0}
+        self.wait_s = 0.0
+        self.steps = 0
+        self.since = now
+
+    def record(self, batch: Mapping[str, np.ndarray], wait_s: float) -> None:
+        self.wait_s += wait_s
+        self.steps += 1
+        for side in ("student", "teacher"):
+            self.truncated[side] += int(np.sum(batch.get(f"truncated_{side}", 0)))
+            if f"attention_mask_{side}" in batch:
+                self.tokens[side] += int(np.sum(batch[f"attention_mask_{side}"]))
+
+    def metrics(self) -> tuple[dict[str, float], float]:
+        """Rates since the last call, and seconds per step; then starts counting anew."""
+        now = time.perf_counter()
+        elapsed = max(now - self.since, 1e-9)
+        per_step = elapsed / max(self.steps, 1)
+        out = {
+            "tokens_per_second": self.tokens["student"] / elapsed,
+            "teacher_tokens_per_second": self.tokens["teacher"] / elapsed,
+            "seconds_per_step": per_step,
+            "data_wait_fraction": self.wait_s / elapsed,
+            "truncated_teacher_total": self.truncated["teacher"],
+            "truncated_student_total": self.truncated["student"],
+        }
+        self._reset(now)
+        return out, per_step
 
 
 @gin.configurable(denylist=["workdir"])
@@ -272,53 +337,7 @@ def train(
     schedule = optim.learning_rate_schedule(steps)
     tx = optim.make_optimizer(run.trainable, schedule)
 
-    # --- data -----------------------------------------------------------------------
-    chunkings = required_chunkings(run.losses)
-    aligner = None
-    if chunkings:
-        bias = None
-        if "unbiased" in chunkings:
-            if run.pair_data is None:
-                raise ValueError(
-                    "alm_unbiased needs build_run.tokenizer_pair_data_path with bias matrices "
-                    "(tools/compute_tokenizer_info.py)."
-                )
-            bias = run.pair_data.bias_matrices
-        aligner = Aligner(run.teacher.tokenizer, run.student.tokenizer, bias_matrices=bias,
-                          bias_threshold=tokenizer_pair_bias_threshold)
-
-    def side_encoder(tokenizer, max_length):
-        return encoding.SideEncoder(
-            tokenizer, max_length, use_chat_template=data_config.use_chat_template,
-            chat_template_mode=data_config.chat_template_mode,
-            loss_mask_mode=data_config.loss_mask_mode,
-        )
-
-    pack_keys: tuple[str, ...] = ()
-    if data_config.pack:
-        if run.teacher is not None:
-            raise ValueError("DataConfig.pack is for runs without a teacher (e.g. losses=['sft']).")
-        # Records longer than 16 rows are cut (and counted); shorter ones are split
-        # across rows by the packer.
-        transform = encoding.StreamEncoder(
-            side_encoder(run.student.tokenizer, 16 * data_config.max_student_length)
-        )
-        pack_keys = ("input_ids_student", "loss_mask_student")
-    else:
-        transform = encoding.PairEncoder(
-            teacher=side_encoder(run.teacher.tokenizer, data_config.max_teacher_length)
-            if run.teacher else None,
-            student=side_encoder(run.student.tokenizer, data_config.max_student_length),
-            aligner=aligner, chunkings=chunkings,
-        )
-    with gin.config_scope("train"):
-        train_source = sources.make_source()
-    dataset = pipeline.make_dataset(
-        train_source, transform, batch_size=data_config.batch_size, seed=seed,
-        num_workers=data_config.num_workers,
-        pack_length=data_config.max_student_length if data_config.pack else None,
-        pack_keys=pack_keys,
-    )
+    dataset, example = build_data(run, data_config, seed, tokenizer_pair_bias_threshold)
     data_iter = iter(dataset)
 
     # --- state, step ----------------------------------------------------------------
@@ -337,15 +356,6 @@ def train(
         grad_acc_steps=grad_acc_steps, learning_rate_fn=schedule,
         probe=GRADMAG_PROBES[gradmag_probe](),
     )
-    # One encoded example gives the batch's keys and shapes (the iterator stays untouched,
-    # so a checkpoint at step 0 holds the true start of the data).
-    if data_config.pack:
-        example = {f"{k}_student": np.zeros((1, data_config.max_student_length))
-                   for k in ("input_ids", "loss_mask", "attention_mask")}
-    else:
-        record = train_source[0] if hasattr(train_source, "__getitem__") else next(iter(train_source))
-        example = {k: np.asarray(v)[None] for k, v in transform(record).items()
-                   if k not in HOST_ONLY_KEYS}
     batch_sh = _batch_shardings(mesh, example)
     jit_step = jax.jit(
         train_step,
@@ -365,7 +375,10 @@ def train(
     else:
         start = 0
 
-    evaluator = _Evaluator(run, data_config, eval_tasks, workdir)
+    evaluator = Evaluator(
+        run, eval_tasks, workdir, eval_texts=data_config.eval_texts,
+        eval_chats=data_config.eval_chats, max_length=data_config.eval_max_length,
+    )
     final_eval: dict[str, Any] = {}
     if eval_at_step_zero and start == 0:
         writer.write(0, evaluator(state, frozen, 0), split="eval")
@@ -373,13 +386,7 @@ def train(
         checkpointer.save(0, state, data_iter)
 
     pending: list[tuple[int, dict]] = []
-    truncated = {"teacher": 0, "student": 0}
-    tokens = 0
-    teacher_tokens = 0
-    wait_s = 0.0
-    t_start = time.perf_counter()
-    t_log = t_start
-    steps_since_log = 0
+    throughput = _Throughput()
     preempted = False
 
     def sync() -> None:
@@ -401,34 +408,18 @@ def train(
         for step_num in range(start + 1, steps + 1):
             t0 = time.perf_counter()
             batch = next(data_iter)
-            wait_s += time.perf_counter() - t0
-            truncated["teacher"] += int(np.sum(batch.get("truncated_teacher", 0)))
-            truncated["student"] += int(np.sum(batch.get("truncated_student", 0)))
-            tokens += int(np.sum(batch["attention_mask_student"]))
-            if "attention_mask_teacher" in batch:
-                teacher_tokens += int(np.sum(batch["attention_mask_teacher"]))
+            throughput.record(batch, time.perf_counter() - t0)
             device_batch = _to_global({k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS}, batch_sh)
             # Traced (on the first call) with the mesh and rules, so the models'
             # activation constraints apply.
             with sharding_context(mesh, run.rules):
                 state, metrics = jit_step(state, device_batch, frozen)
-            steps_since_log += 1
             if step_num % log_interval == 0 or step_num == steps:
                 jax.block_until_ready(metrics["loss"])
-                now = time.perf_counter()
-                elapsed = now - t_log
-                metrics = dict(metrics)
-                metrics.update({
-                    "tokens_per_second": tokens / elapsed,
-                    "teacher_tokens_per_second": teacher_tokens / elapsed,
-                    "seconds_per_step": elapsed / steps_since_log,
-                    "data_wait_fraction": wait_s / elapsed,
-                    "truncated_teacher_total": truncated["teacher"],
-                    "truncated_student_total": truncated["student"],
-                })
-                eta = (steps - step_num) * elapsed / steps_since_log
-                logging.info("step %d/%d, ETA %s", step_num, steps, format_duration(eta))
-                tokens, teacher_tokens, wait_s, steps_since_log, t_log = 0, 0, 0.0, 0, now
+                rates, per_step = throughput.metrics()
+                metrics = {**metrics, **rates}
+                logging.info("step %d/%d, ETA %s", step_num, steps,
+                             format_duration((steps - step_num) * per_step))
             pending.append((step_num, metrics))
             if step_num % sync_interval == 0 or step_num % log_interval == 0:
                 sync()
@@ -451,106 +442,17 @@ def train(
             checkpointer.save(final_step, state, data_iter)
         final_eval = evaluator(state, frozen, final_step)
         writer.write(final_step, final_eval, split="eval")
-        _report(final_eval)
+        report(final_eval)
         if export and jax.process_index() == 0:
             export_student(run, state.params, frozen, workdir / EXPORT_DIR)
     checkpointer.close()
     writer.close()
     logging.info(
         "Truncated examples over the run: %d teacher, %d student (max lengths %d / %d).",
-        truncated["teacher"], truncated["student"],
+        throughput.truncated["teacher"], throughput.truncated["student"],
         data_config.max_teacher_length, data_config.max_student_length,
     )
     return final_eval
-
-
-def _report(result: Mapping[str, Any]) -> None:
-    """Prints how close the student came to the teacher."""
-    for key, what in (("bits_per_byte", "validation texts"),
-                      ("answer_bits_per_byte", "validation answers")):
-        student = result.get(f"student/{key}")
-        if student is None:
-            continue
-        teacher = result.get(f"teacher/{key}")
-        line = f"Student bits per byte on the {what}: {student:.4f}"
-        if teacher is not None:
-            line += f"; teacher {teacher:.4f} (student/teacher = {student / teacher:.3f})"
-        print(line)
-        logging.info("%s", line)
-
-
-class _Evaluator:
-    """Bits per byte of student and teacher on the same validation texts and answers,
-    and optionally lm-eval task scores."""
-
-    def __init__(self, run: setup_lib.RunSetup, data_config: DataConfig,
-                 tasks: Sequence[str], workdir: Path):
-        self.run = run
-        self.max_length = data_config.eval_max_length
-        self.tasks = tuple(tasks)
-        self.workdir = workdir
-        self._teacher_tasks: dict[str, float] | None = None
-        with gin.config_scope("eval"):
-            source = sources.make_source()
-        self.texts: list[str] = []
-        self.chats: list[list[dict]] = []
-        for i in range(len(source)):
-            record = source[i]
-            if record.get("messages") and record["messages"][-1]["role"] == "assistant":
-                if len(self.chats) < data_config.eval_chats:
-                    self.chats.append(record["messages"])
-            elif record.get("text") and len(self.texts) < data_config.eval_texts:
-                self.texts.append(record["text"])
-            if len(self.texts) >= data_config.eval_texts and len(self.chats) >= data_config.eval_chats:
-                break
-
-    def _scores(self, side, params, expansion, name: str) -> dict[str, float]:
-        out = {}
-        variables = {"params": params}
-        if self.texts:
-            out[f"{name}/bits_per_byte"] = _bits_per_byte(
-                side, variables, side.tokenizer, self.texts, self.max_length, expansion)
-        if self.chats:
-            out[f"{name}/answer_bits_per_byte"] = _answer_bits_per_byte(
-                side, variables, side.tokenizer, self.chats, expansion)
-        return out
-
-    def _student_params(self, state: step_lib.TrainState, frozen: Any) -> dict:
-        params = self.run.student_params(state.params, frozen)
-        if state.params.get("lora"):
-            params = merge_lora(params, state.params["lora"], alpha=self.run.lora_config.alpha)
-        return params
-
-    def _tasks(self, side, params, expansion, step: int, name: str) -> dict[str, float]:
-        model = EvalModel.create(side.config, params, side.tokenizer, expansion=expansion,
-                                 name=name)
-        results = harness.evaluate(
-            model, tasks=self.tasks,
-            output_dir=self.workdir / "lm_eval" / f"{name}_step_{step}",
-        )
-        out = {}
-        for task, metrics in results.get("results", {}).items():
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and "stderr" not in key:
-                    out[f"{name}/{task}/{key.split(',')[0]}"] = float(value)
-        return out
-
-    def __call__(self, state: step_lib.TrainState, frozen: Any, step: int) -> dict[str, float]:
-        run = self.run
-        params = self._student_params(state, frozen)
-        out = self._scores(run.student, params, run.expansion, "student")
-        teacher_params = None
-        if run.teacher is not None:
-            teacher_params = run.teacher_params(state.params, frozen)
-            out.update(self._scores(run.teacher, teacher_params, None, "teacher"))
-        if self.tasks:
-            out.update(self._tasks(run.student, params, run.expansion, step, "student"))
-            if teacher_params is not None:
-                if self._teacher_tasks is None:  # the teacher is frozen: score it once
-                    self._teacher_tasks = self._tasks(run.teacher, teacher_params, None, step,
-                                                      "teacher")
-                out.update(self._teacher_tasks)
-        return out
 
 
 def export_student(run: setup_lib.RunSetup, trainable: Any, frozen: Any, out_dir: Path) -> Path:
