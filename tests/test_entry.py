@@ -120,6 +120,25 @@ def test_positional_arguments_are_refused():
     assert "stray" in result.stderr
 
 
+def test_shorthand_bindings_are_gin_literals():
+    shorthands = {"model": "score.model", "text_file": "score.text_file", "n": "x.n"}
+    bindings = entry.shorthand_bindings(
+        shorthands, {"model": "dir with 'quotes\"", "text_file": None, "n": "3"}
+    )
+    # Unset shorthands bind nothing; values are always strings, quoted for Gin.
+    assert bindings == ["score.model = 'dir with \\'quotes\"'", "x.n = '3'"]
+    import tokenkit.info  # noqa: F401  a registered parameter to bind the value to
+
+    gin.parse_config(bindings[0].replace("score.model", "info.show_devices"))
+    assert gin.query_parameter("info.show_devices") == "dir with 'quotes\""
+
+
+def test_score_shorthand_flags_are_listed():
+    result = _run(["-m", "tokenkit.score", "--helpfull"])
+    for flag in ("--model", "--tokenizer", "--text_file"):
+        assert flag in result.stdout
+
+
 @pytest.mark.parametrize(
     "environ, expected",
     [

@@ -136,9 +136,10 @@ def test_entrypoint_with_the_documented_flags(setup):
     result = subprocess.run(
         [
             sys.executable, "-m", "tokenkit.score",
-            f"--gin_param=score.model=\"{setup['llama']}\"",
-            f"--gin_param=score.tokenizer=\"{setup['spec']}\"",
-            f"--gin_param=score.text_file=\"{setup['text_file']}\"",
+            f"--model={setup['llama']}",
+            f"--tokenizer={setup['spec']}",
+            f"--text_file={setup['text_file']}",
+            "--gin_param=score.batch_size=2",
         ],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -148,3 +149,23 @@ def test_entrypoint_with_the_documented_flags(setup):
     want = _library_scores(setup["llama"], setup["spec"], LINES)
     np.testing.assert_allclose([r["loglik"] for r in records], [w.loglik for w in want], rtol=1e-5)
     assert "bits per byte" in result.stderr
+
+
+def test_gin_param_form_and_override_of_a_shorthand(setup, tmp_path):
+    # The shorthands are Gin bindings: the long form works, and an explicit
+    # --gin_param given after them wins.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "tokenkit.score",
+            "--model=/no/such/model",
+            f"--gin_param=score.model=\"{setup['llama']}\"",
+            f"--gin_param=score.tokenizer=\"{setup['spec']}\"",
+            f"--gin_param=score.text_file=\"{setup['text_file']}\"",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == len(LINES)
+    assert str(setup["llama"]) in (tmp_path / "operative_config.gin").read_text()

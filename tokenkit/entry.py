@@ -1,8 +1,8 @@
 """Conventions shared by every `python -m tokenkit.<name>` entrypoint.
 
 An entrypoint is a thin absl app: it imports the modules whose Gin configurables it
-needs, then calls `run(main)`. `run` defines nothing itself; the three flags below are
-the only flags in the project:
+needs, then calls `run(main)`. Every entrypoint has the three flags below (one may add
+named shorthands for a few of its own Gin parameters, see `run`):
 
   --gin_file   (repeatable) Gin files, resolved against the working directory and the
                repository root, so `experiments/x.gin` and `include 'gin/...'` work from
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,15 +188,38 @@ class _QuietLibraries(std_logging.Filter):
         return not any(part in record.pathname for part in QUIET_LIBRARIES)
 
 
-def run(main: Callable[..., Any], *, workdir_required: bool = False) -> None:
+def shorthand_bindings(shorthands: Mapping[str, str], values: Mapping[str, str | None]) -> list[str]:
+    """Gin bindings for the shorthand flags that were given (`--model=x` → `score.model = 'x'`)."""
+    return [
+        f"{binding} = {values[name]!r}"
+        for name, binding in shorthands.items()
+        if values.get(name) is not None
+    ]
+
+
+def run(
+    main: Callable[..., Any],
+    *,
+    workdir_required: bool = False,
+    shorthands: Mapping[str, str] | None = None,
+) -> None:
     """Runs an entrypoint: parse flags and Gin, then `main(workdir=...)`.
 
     `main` is a Gin-configurable function (or calls one); it receives the workdir
     (a `Path` or None). The operative config is saved into the workdir when `main`
     returns; long-running mains also save it at each checkpoint.
+
+    `shorthands` maps extra string flags to the Gin parameters they set, for
+    entrypoints whose everyday use is a few values (`{"model": "score.model"}` makes
+    `--model=DIR` mean `--gin_param='score.model="DIR"'`). They still go through Gin,
+    so the operative config records them; an explicit `--gin_param` overrides them.
     """
 
     _define_flags()
+    shorthands = dict(shorthands or {})
+    for name, binding in shorthands.items():
+        if name not in flags.FLAGS:
+            flags.DEFINE_string(name, None, f"Shorthand for --gin_param='{binding}=\"...\"'.")
 
     def _main(argv: Sequence[str]) -> None:
         if len(argv) > 1:
@@ -205,7 +228,10 @@ def run(main: Callable[..., Any], *, workdir_required: bool = False) -> None:
         if workdir_required and not workdir_flag:
             raise app.UsageError("--workdir is required for this entrypoint.")
         try:
-            parse_gin(flags.FLAGS.gin_file, flags.FLAGS.gin_param)
+            short = shorthand_bindings(
+                shorthands, {name: flags.FLAGS[name].value for name in shorthands}
+            )
+            parse_gin(flags.FLAGS.gin_file, [*short, *flags.FLAGS.gin_param])
         except GinConfigError as e:
             logging.error("%s", e)
             print(f"error: {e}", file=sys.stderr)

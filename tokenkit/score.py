@@ -1,12 +1,10 @@
 """`python -m tokenkit.score`: log-likelihood and bits per byte of each line of a text file.
 
-Entrypoints take only `--gin_file/--gin_param/--workdir`, so the model, tokenizer and
-file are Gin parameters:
+    python -m tokenkit.score --model=DIR --tokenizer=DIR:source=Llama3 --text_file=lines.txt
 
-    python -m tokenkit.score \
-        --gin_param='score.model="DIR"' \
-        --gin_param='score.tokenizer="DIR:source=Llama3"' \
-        --gin_param='score.text_file="lines.txt"'
+`--model`, `--tokenizer` and `--text_file` are shorthands for the Gin parameters
+`score.model`, `score.tokenizer` and `score.text_file`; every other option is a
+`score.*` parameter (`--gin_param='score.batch_size=16'`, or a `--gin_file`).
 
 Prints one JSON object per input line, in order, to stdout, or writes them to
 `WORKDIR/scores.jsonl` when `--workdir` is given:
@@ -131,5 +129,11 @@ def main(workdir: Path | None) -> None:
     score(workdir)
 
 
+SHORTHANDS = {
+    "model": "score.model",
+    "tokenizer": "score.tokenizer",
+    "text_file": "score.text_file",
+}
+
 if __name__ == "__main__":
-    entry.run(main)
+    entry.run(main, shorthands=SHORTHANDS)
