@@ -389,6 +389,10 @@ def from_hf_dict(hf: Mapping[str, Any]) -> ModelConfig:
     (listing the supported alternatives).
     """
     model_type = hf.get("model_type")
+    if str(model_type).startswith("tpu_"):
+        from tokenkit.models.upstream_format import config_from_upstream
+
+        return config_from_upstream(hf)
     if model_type not in _MODEL_TYPES:
         archs = hf.get("architectures")
         raise UnsupportedConfigError(

@@ -261,6 +261,10 @@ def load_pretrained(
     with open(directory / "config.json") as f:
         raw_config = json.load(f)
     config = from_hf_dict(raw_config)
+    from tokenkit.models import upstream_format  # the upstream's msgpack checkpoints
+
+    if upstream_format.handles(directory, raw_config):
+        return config, upstream_format.load_params(directory, config, mesh=mesh, rules=rules, dtype=dtype)
     ckpt = _Checkpoint(directory)
     try:
         params = _load_params(config, ckpt, mesh, rules, dtype)
