@@ -39,7 +39,7 @@ from absl import logging
 from tokenizers import decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from tokenkit import constants, families
+from tokenkit import constants, families, gguf
 from tokenkit.families import Family, Spelling
 
 SPEC_KEYS: tuple[str, ...] = ("source", "target", "conversion")
@@ -161,6 +161,8 @@ def load_hf_tokenizer(name: str) -> PreTrainedTokenizerFast:
       TypeError: only a slow (Python) tokenizer is available.
     """
     path = Path(name).expanduser()
+    if gguf.is_gguf_path(path):  # a llama.cpp file: converted once into a cached HF directory
+        path = gguf.tokenizer_dir(path)
     if not path.exists():
         if _looks_like_local_path(name):
             raise FileNotFoundError(

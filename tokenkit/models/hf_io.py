@@ -30,6 +30,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from tokenkit import gguf
 from tokenkit.models import sharding as sharding_lib
 from tokenkit.models.config import ModelConfig, from_hf_dict, to_hf_dict
 from tokenkit.progress import Progress
@@ -162,15 +163,20 @@ def _to_hf(leaf: _Leaf, value: np.ndarray) -> np.ndarray:
 def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike[str], revision: str | None = None) -> Path:
     """A local directory for `path_or_hub_id`, downloading config and safetensors from the hub.
 
-    A path that looks local (absolute, starting with `.`/`~`, or not of the `org/name` form)
-    and does not exist is an error; it is never sent to the hub.
+    A `.gguf` file is converted once into a cached HF directory (`tokenkit.gguf.model_dir`),
+    whose path is returned. A path that looks local (absolute, starting with `.`/`~`, or
+    not of the `org/name` form) and does not exist is an error; it is never sent to the hub.
     """
     text = os.fspath(path_or_hub_id)
     local = Path(text).expanduser()
     if local.is_dir():
         return local
+    if gguf.is_gguf_path(local):
+        return gguf.model_dir(local)
     if local.exists():
-        raise NotADirectoryError(f"Checkpoint path {text!r} is a file; expected a directory.")
+        raise NotADirectoryError(
+            f"Checkpoint path {text!r} is a file; expected a directory or a {gguf.GGUF_SUFFIX} file."
+        )
     if text.startswith((".", "/", "~")) or os.sep in text.replace("/", "", 1) or not _HUB_ID.match(text):
         raise FileNotFoundError(f"Checkpoint directory {text!r} does not exist.")
     from huggingface_hub import snapshot_download
@@ -250,7 +256,7 @@ def load_pretrained(
     """Reads an HF checkpoint into (ModelConfig, params).
 
     Args:
-      path_or_hub_id: a local directory or a hub id (`org/name`).
+      path_or_hub_id: a local directory, a `.gguf` file (dequantized) or a hub id (`org/name`).
       mesh: place each parameter with its sharding on this mesh; None puts them on the
         first device.
       rules: logical axis rules (default: `sharding.DEFAULT_RULES`).
