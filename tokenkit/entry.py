@@ -164,7 +164,12 @@ def maybe_initialize_distributed() -> bool:
     import jax
 
     logging.info("Multi-process environment detected: initialising jax.distributed.")
-    jax.distributed.initialize()
+    # jax reads JAX_COORDINATOR_ADDRESS itself but not the process count and id, which a
+    # plain multi-host launch (tools/launch.py gpu) sets; elsewhere jax detects them.
+    counts = {key: int(os.environ[name]) for key, name in
+              (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+              if os.environ.get(name)}
+    jax.distributed.initialize(**counts)
     logging.info(
         "Process %d of %d, %d local / %d global devices.",
         jax.process_index(),
