@@ -211,6 +211,21 @@ def test_tokenizer_from_gguf_path(teacher_gguf, cache):
     assert spec.encode("The cat", add_special_tokens=False) == ref.encode("The cat", add_special_tokens=False)
 
 
+def test_files_beside_the_gguf_are_ignored(teacher_gguf, tmp_path):
+    import shutil
+
+    # transformers would read a tokenizer.json / config.json found next to the file.
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    shutil.copy(teacher_gguf, beside / teacher_gguf.name)
+    for f in (DATA_DIR / "models" / "tiny_teacher_qwen2").iterdir():
+        if f.suffix in (".json", ".jinja"):
+            shutil.copy(f, beside / f.name)
+    tokenizer = gguf.load_tokenizer(beside / teacher_gguf.name)
+    assert "<|begin_of_text|>" in tokenizer.get_vocab() and "<|im_start|>" not in tokenizer.get_vocab()
+    assert "<|start_header_id|>" in tokenizer.chat_template
+
+
 def test_vocabulary_only_gguf_is_not_a_model(tmp_path, cache):
     path = tmp_path / "vocab-only.gguf"
     writer = gguf_py.GGUFWriter(str(path), "llama")

@@ -17,14 +17,16 @@ config without the quantization entry and saves that.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import struct
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ GGUF_SUFFIX = ".gguf"
 _MAGIC = b"GGUF"
 CACHE_ENV = "TOKENKIT_CACHE"
 _DONE = "conversion.json"  # written last: a directory without it is incomplete
+_FORMAT = 1  # bump when a conversion changes, so cached ones are redone
 
 
 def cache_root() -> Path:
@@ -78,6 +81,20 @@ def read_header(path: str | os.PathLike[str]) -> GgufHeader:
 # Conversion
 
 
+@contextlib.contextmanager
+def _alone(path: Path) -> Iterator[tuple[str, str]]:
+    """(directory, file name) of a link to `path` in an otherwise empty directory.
+
+    transformers reads a GGUF file as `(directory, gguf_file)` and prefers tokenizer or
+    config files it finds in that directory over the GGUF's own metadata; a GGUF next
+    to a converted copy (or any HF files) would silently load those instead.
+    """
+    with tempfile.TemporaryDirectory(prefix="tokenkit-gguf-") as tmp:
+        link = Path(tmp) / path.name
+        link.symlink_to(path)
+        yield tmp, link.name
+
+
 def load_torch_model(path: str | os.PathLike[str]) -> Any:
     """The GGUF model as a float32 transformers model (every tensor dequantized).
 
@@ -96,9 +113,8 @@ def load_torch_model(path: str | os.PathLike[str]) -> Any:
         )
     logging.info("Reading and dequantizing %s (%d tensors).", path, header.tensor_count)
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    )
+    with _alone(path) as (directory, name):
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
     logging.info("Loaded %s from GGUF in %.1fs.", type(model).__name__, time.perf_counter() - start)
     return model.eval()
 
@@ -144,7 +160,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
     read_header(path)  # a clear error for a non-GGUF file before transformers' own
     logging.info("Building the tokenizer of %s.", path)
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    with _alone(path) as (directory, name):
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     logging.info(
         "Built %s (%d tokens) in %.1fs.",
         type(tokenizer).__name__, len(tokenizer), time.perf_counter() - start,
@@ -201,10 +218,14 @@ def drop_invented_tokens(tokenizer_dir: str | os.PathLike[str]) -> list[str]:
 
 
 def cache_key(path: str | os.PathLike[str]) -> str:
-    """`<stem>-<16 hex>`: the hash covers the resolved path, size and mtime of the file."""
+    """`<stem>-<16 hex>`: the hash covers the resolved path, size and mtime of the file, and
+    the converter (this module's format and the transformers release that reads GGUF)."""
+    from importlib.metadata import version
+
     resolved = Path(path).expanduser().resolve()
     stat = resolved.stat()
-    digest = hashlib.sha256(f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
+    identity = [str(resolved), stat.st_size, stat.st_mtime_ns, _FORMAT, version("transformers")]
+    digest = hashlib.sha256("\0".join(map(str, identity)).encode()).hexdigest()
     return f"{resolved.stem}-{digest[:16]}"
 
 
