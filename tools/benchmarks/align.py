@@ -1,20 +1,22 @@
 """Speed and memory of the chunk-id alignment (`tokenkit.align`), printed as a table.
 
-    python tools/benchmarks/align.py [--batch 16] [--lengths 512,2048] [--repeats 5]
+    python tools/benchmarks/align.py [--batch 16] [--lengths 512,2048] [--repeats 10]
 
 Teacher `llama3_bpe` against student `gemma2_sp` (the tiny world), rows filled with
 concatenated corpus texts, one process. Rows of the table:
 
 - `reference loop`: `align.reference_chunk_ids`, the per-token Python loop (as upstream);
-- `numpy, batch` / `numba, batch`: one `Aligner.chunk_ids` call per batch, per backend;
-- `numpy, per example` / `numba, per example`: one call per row (as a data worker may).
+- `batch`: one `Aligner.chunk_ids` call (the compiled kernel) per batch;
+- `per example`: one call per row (as the data pipeline calls it).
 
 Columns: tokens/s (teacher + student tokens aligned per second, counted once per row
-pair as the upstream's figures are: teacher tokens), speed-up over the reference loop,
+pair as the upstream's figures are: teacher tokens; the best of `--repeats` timed calls
+after a warm-up, since the machine may be shared), speed-up over the reference loop,
 bytes of output per sequence (int32 chunk ids against the upstream's dense bool matrices
 of `L x L`), and peak memory per sequence during the call (allocations traced by
 `tracemalloc`; per example: of one call). numba's own allocations are not traced: its
-temporaries are a few arrays of the row's length.
+temporaries are a few arrays of the row's length. Printed last: the first call in this
+process, which compiles the kernel or loads it from numba's disk cache.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import timeit
 import tracemalloc
 
 import numpy as np
@@ -67,12 +70,10 @@ def make_batch(teacher, student, batch: int, length: int) -> tuple[np.ndarray, n
 
 
 def timed(fn, repeats: int, probe=None) -> tuple[float, int]:
-    """(seconds per call of `fn`, peak traced bytes of one call of `probe`, default `fn`)."""
+    """(best seconds of `repeats` calls of `fn` after a warm-up call, peak traced bytes of
+    one call of `probe`, default `fn`)."""
     fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    seconds = (time.perf_counter() - start) / repeats
+    seconds = min(timeit.repeat(fn, repeat=repeats, number=1))
     tracemalloc.start()
     (probe or fn)()
     peak = tracemalloc.get_traced_memory()[1]
@@ -84,23 +85,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lengths", default="512,2048")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--reference_rows", type=int, default=4, help="rows timed for the slow reference loop")
     args = parser.parse_args()
 
     teacher, student = load_byteify_tokenizer(str(REPO_ROOT / TEACHER)), load_byteify_tokenizer(str(REPO_ROOT / STUDENT))
     pair = tokenizer_info.load_pair_data(REPO_ROOT / PAIR_DIR, teacher, student)
-    aligners = {
-        backend: align.Aligner(teacher, student, bias_matrices=pair.bias_matrices, bias_threshold=1e-3, backend=backend)
-        for backend in align.BACKENDS
-    }
+    aligner = align.Aligner(teacher, student, bias_matrices=pair.bias_matrices, bias_threshold=1e-3)
     kinds_sets = (("unconstrained",), ("unconstrained", "space"), align.KINDS)
 
-    header = f"{'length':>6} | {'method':<22} | {'chunkings':<28} | {'tokens/s':>10} | {'vs loop':>7} | {'output B/seq':>12} | {'upstream B/seq':>14} | {'peak B/seq':>10}"
+    header = f"{'length':>6} | {'method':<14} | {'chunkings':<28} | {'tokens/s':>10} | {'vs loop':>7} | {'output B/seq':>12} | {'upstream B/seq':>14} | {'peak B/seq':>10}"
     print(header)
     print("-" * len(header))
+    first_call = None
     for length in (int(x) for x in args.lengths.split(",")):
         ids_a, ids_b = make_batch(teacher, student, args.batch, length)
+        if first_call is None:
+            start = time.perf_counter()
+            aligner.chunk_ids(ids_a[:1], ids_b[:1], kinds=align.KINDS)
+            first_call = time.perf_counter() - start
         rows = min(args.reference_rows, args.batch)
         ref_seconds, ref_peak = timed(
             lambda: align.reference_chunk_ids(ids_a[:rows], ids_b[:rows], teacher, student, kinds=("unconstrained",)), 1
@@ -108,31 +111,31 @@ def main() -> None:
         ref_rate = rows * length / ref_seconds
         dense = 2 * length * length  # two bool [L, L] matrices per chunking
         print(
-            f"{length:>6} | {'reference loop':<22} | {'unconstrained':<28} | {ref_rate:>10,.0f} | {1.0:>6.1f}x | "
+            f"{length:>6} | {'reference loop':<14} | {'unconstrained':<28} | {ref_rate:>10,.0f} | {1.0:>6.1f}x | "
             f"{dense:>12,} | {dense:>14,} | {ref_peak // rows:>10,}"
         )
-        for backend, aligner in aligners.items():
-            for kinds in kinds_sets:
-                for per_example in (False, True):
-                    measure(aligner, backend, kinds, per_example, ids_a, ids_b, length, ref_rate, dense, args)
+        for kinds in kinds_sets:
+            for per_example in (False, True):
+                measure(aligner, kinds, per_example, ids_a, ids_b, length, ref_rate, dense, args)
+    print(f"\nfirst call in this process (compile or disk-cache load): {first_call:.2f} s")
 
 
-def measure(aligner, backend, kinds, per_example, ids_a, ids_b, length, ref_rate, dense, args) -> None:
+def measure(aligner, kinds, per_example, ids_a, ids_b, length, ref_rate, dense, args) -> None:
     """Times one configuration and prints its table row."""
     if per_example:
-        method = f"{backend}, per example"
+        method = "per example"
         fn = lambda: [aligner.chunk_ids(ids_a[r], ids_b[r], kinds=kinds) for r in range(len(ids_a))]  # noqa: E731
         probe = lambda: aligner.chunk_ids(ids_a[0], ids_b[0], kinds=kinds)  # noqa: E731
         in_flight = 1
     else:
-        method = f"{backend}, batch"
+        method = "batch"
         fn = probe = lambda: aligner.chunk_ids(ids_a, ids_b, kinds=kinds)  # noqa: E731
         in_flight = len(ids_a)
     seconds, peak = timed(fn, args.repeats, probe)
     rate = len(ids_a) * length / seconds
     output = len(kinds) * 2 * length * 4  # int32 ids, both sides
     print(
-        f"{length:>6} | {method:<22} | {'+'.join(kinds):<28} | {rate:>10,.0f} | "
+        f"{length:>6} | {method:<14} | {'+'.join(kinds):<28} | {rate:>10,.0f} | "
         f"{rate / ref_rate:>6.1f}x | {output:>12,} | {len(kinds) * dense:>14,} | {peak // in_flight:>10,}"
     )
 
