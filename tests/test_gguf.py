@@ -241,6 +241,15 @@ def test_vocabulary_only_gguf_is_not_a_model(tmp_path, cache):
     assert not (cache / "gguf" / gguf.cache_key(path) / "model").exists()
 
 
+def test_missing_readers_are_named(teacher_gguf, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(ImportError, match="Reading GGUF files needs torch"):
+        gguf.load_tokenizer(teacher_gguf)
+
+
 def test_other_files_are_still_refused(tmp_path):
     other = tmp_path / "weights.bin"
     other.write_bytes(b"x")

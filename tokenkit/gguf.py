@@ -81,6 +81,18 @@ def read_header(path: str | os.PathLike[str]) -> GgufHeader:
 # Conversion
 
 
+def _require_readers() -> None:
+    """transformers reads GGUF through the `gguf` package and dequantizes with torch."""
+    import importlib.util
+
+    missing = [name for name in ("gguf", "torch") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f"Reading GGUF files needs {' and '.join(missing)} (not installed): "
+            "pip install gguf torch (the CPU build of torch is enough)."
+        )
+
+
 @contextlib.contextmanager
 def _alone(path: Path) -> Iterator[tuple[str, str]]:
     """(directory, file name) of a link to `path` in an otherwise empty directory.
@@ -101,6 +113,7 @@ def load_torch_model(path: str | os.PathLike[str]) -> Any:
     Raises:
       ValueError: the file holds no tensors (a vocabulary-only GGUF).
     """
+    _require_readers()
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -158,6 +171,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
 
     path = Path(path).expanduser().resolve()
     read_header(path)  # a clear error for a non-GGUF file before transformers' own
+    _require_readers()
     logging.info("Building the tokenizer of %s.", path)
     start = time.perf_counter()
     with _alone(path) as (directory, name):
