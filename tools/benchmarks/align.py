@@ -1,6 +1,6 @@
 """Speed and memory of the chunk-id alignment (`tokenkit.align`), printed as a table.
 
-    python tools/benchmarks/align.py [--batch 16] [--lengths 512,2048] [--repeats 10]
+    python tools/benchmarks/align.py [--batch 16] [--lengths 512,2048] [--repeats 30]
 
 Teacher `llama3_bpe` against student `gemma2_sp` (the tiny world), rows filled with
 concatenated corpus texts, one process. Rows of the table:
@@ -85,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lengths", default="512,2048")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--reference_rows", type=int, default=4, help="rows timed for the slow reference loop")
     args = parser.parse_args()
 
