@@ -42,7 +42,7 @@ def test_experiment_parses_and_binds(name):
 def test_tiny_world_experiments_use_local_files(name):
     entry.parse_gin([f"experiments/{name}"], finalize=False)
     for key in ("build_run.student_model", "build_run.target_tokenizer",
-                "build_run.tokenizer_pair_data_path"):
+                "TokenizerPair.path"):
         try:
             value = gin.query_parameter(key)
         except ValueError:

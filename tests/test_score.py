@@ -17,6 +17,7 @@ import pytest
 from tokenkit import byteify
 from tokenkit import score as score_lib
 from tokenkit.evaluation import scoring
+from tokenkit.evaluation.model import EvalModel
 from tokenkit.models import expand, load_pretrained, make_transformer, save_pretrained
 from tokenkit.models.config import ModelConfig
 from tokenkit.models.transformer import init_params
@@ -63,9 +64,9 @@ def _library_scores(model_dir, spec, texts, expansion=None, expand_dir=None, buc
         _, old = load_pretrained(expand_dir)
         params["expand_embedder"] = {"embedding": jnp.asarray(
             expansion.embedding_table(old["embedder"]["embedding"]))}
-    return scoring.score_texts(make_transformer(config), {"params": params},
-                               byteify.load_byteify_tokenizer(spec), texts, batch_size=3,
-                               buckets=buckets, expansion=expansion, show_progress=False)
+    model = EvalModel.build(config, params, byteify.load_byteify_tokenizer(spec), expansion=expansion)
+    return scoring.score_texts(model, texts, tokens_per_batch=3 * 32, buckets=buckets,
+                               show_progress=False)
 
 
 def test_one_json_line_per_input_line_on_stdout(setup, capsys):
@@ -139,7 +140,7 @@ def test_entrypoint_with_the_documented_flags(setup):
             f"--model={setup['llama']}",
             f"--tokenizer={setup['spec']}",
             f"--text_file={setup['text_file']}",
-            "--gin_param=score.batch_size=2",
+            "--gin_param=score.tokens_per_batch=64",
         ],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )

@@ -75,8 +75,10 @@ def test_transfer_to_gemma2_loads_with_transformers_and_ours(to_gemma, llama_dir
     _, source = load_pretrained(llama_dir)
     gemma = byteify.load_byteify_tokenizer(specs["gemma2_sp"])
     llama = byteify.load_byteify_tokenizer(specs["llama3_bpe"])
+    # eos lists every token that ends a reply: Gemma's <eos> and its end of turn.
+    end_of_turn = gemma.convert_tokens_to_ids("<end_of_turn>")
     assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
-        gemma.bos_token_id, gemma.eos_token_id, gemma.pad_token_id,
+        gemma.bos_token_id, tuple(sorted({gemma.eos_token_id, end_of_turn})), gemma.pad_token_id,
     )
     emb, src_emb = np.asarray(params["embedder"]["embedding"]), np.asarray(source["embedder"]["embedding"])
     head, src_head = np.asarray(params["lm_head"]["kernel"]), np.asarray(source["lm_head"]["kernel"])

@@ -35,6 +35,7 @@ ROLE_SLOTS: Mapping[str, str] = {
     "user": "user_name",
     "assistant": "assistant_name",
 }
+_ROLE_NAME_SLOTS: Mapping[str, str] = {slot: role for role, slot in ROLE_SLOTS.items()}
 
 
 def preprocess_prompt(prompt: str, chat_template_mode: str) -> str:
@@ -91,22 +92,48 @@ def preprocess_messages(
     return "".join(parts)
 
 
+# What part of a conversation a token belongs to (`EncodedPrompt.parts`).
+PARTS: tuple[str, ...] = ("text", "header", "content", "end", "special")
+
+
 class EncodedPrompt(tuple):
-    """`(ids, regular_token_indices)`, unpacking as a pair, plus `truncated`.
+    """`(ids, regular_token_indices)`, unpacking as a pair, plus what each token is.
 
     `regular_token_indices[k]` is -1 where token k came from a slot or a literal special
     token, else the running index of token k among the regular (text) tokens.
     `truncated` is True when `max_length` cut something off the prompt, so callers can
     count truncated examples.
+
+    Per token, read off the slot markers of the prompt:
+      messages[k]: index of the conversation message token k belongs to (a message
+        starts at its `<start_header>` marker, or at its role marker where a family has
+        no header start), -1 outside any message (a leading bos, a plain text);
+      parts[k]: `header` (the message's header: start, role name, end of header),
+        `content` (the message's text), `end` (its end-of-turn / eos tokens),
+        `text` (text outside any message), `special` (other slots and literal specials);
+    and `message_roles[m]` is the role (`system`, `user`, `assistant`) of message m.
     """
 
     truncated: bool
+    messages: list[int]
+    parts: list[str]
+    message_roles: list[str]
 
     def __new__(
-        cls, ids: list[int], regular_token_indices: list[int], *, truncated: bool = False
+        cls,
+        ids: list[int],
+        regular_token_indices: list[int],
+        *,
+        truncated: bool = False,
+        messages: list[int] | None = None,
+        parts: list[str] | None = None,
+        message_roles: list[str] | None = None,
     ) -> EncodedPrompt:
         self = super().__new__(cls, (ids, regular_token_indices))
         self.truncated = truncated
+        self.messages = [-1] * len(ids) if messages is None else messages
+        self.parts = ["text"] * len(ids) if parts is None else parts
+        self.message_roles = [] if message_roles is None else message_roles
         return self
 
     @property
@@ -116,6 +143,24 @@ class EncodedPrompt(tuple):
     @property
     def regular_token_indices(self) -> list[int]:
         return self[1]
+
+    def roles(self) -> list[str | None]:
+        """The role of the message each token belongs to (None outside messages)."""
+        return [self.message_roles[m] if m >= 0 else None for m in self.messages]
+
+    def mask(self, *, roles: Sequence[str], parts: Sequence[str], message: int | None = None) -> list[bool]:
+        """Which tokens belong to a message of one of `roles` and are one of `parts`
+        (of message number `message` only, counted from the end if negative)."""
+        bad = sorted(set(parts) - set(PARTS))
+        if bad:
+            raise ValueError(f"Unknown parts {bad}; valid: {', '.join(PARTS)}.")
+        if message is not None and message < 0:
+            message += len(self.message_roles)
+        token_roles = self.roles()
+        return [
+            role in roles and part in parts and (message is None or m == message)
+            for role, part, m in zip(token_roles, self.parts, self.messages)
+        ]
 
 
 # Per tokenizer: (the special-tokens mapping the pattern was built from, the pattern).
@@ -157,21 +202,44 @@ def encode_prompt(
 
     Slot markers become the family's tokens (a slot the family lacks becomes nothing),
     special tokens written literally in the text (e.g. `<start_of_turn>`) become their
-    ids, and the text between them is encoded without adding special tokens. With `max_length`, at most that
-    many ids are returned; text far beyond the limit (more than
-    `constants.MAX_CHARS_PER_TOKEN` characters per remaining token) is not tokenized.
+    ids, and the text between them is encoded without adding special tokens. With
+    `max_length`, at most that many ids are returned; text far beyond the limit (more
+    than `constants.MAX_CHARS_PER_TOKEN` characters per remaining token) is not
+    tokenized.
+
+    This is the one place where a conversation becomes ids: the training data (loss
+    masks of assistant turns), the in-run evaluation (which tokens are the answer) and
+    the lm-eval backend all read the per-token structure it returns.
 
     Returns:
       `EncodedPrompt`: unpacks as `(ids, regular_token_indices)`; `.truncated` says
-      whether anything was cut.
+      whether anything was cut; `.messages`, `.parts`, `.message_roles` say which
+      message and which part of it each token is.
     """
     if max_length is not None and max_length < 0:
         raise ValueError(f"max_length must be >= 0 or None, got {max_length}")
     family = tokenizer.family
     ids: list[int] = []
     regular: list[int] = []
+    messages: list[int] = []
+    parts: list[str] = []
+    roles: list[str] = []
     n_regular = 0
     truncated = False
+    message = -1  # the message being read, -1 before the first
+    state = "text"  # what text read now is: text / header / content
+
+    def add(new: Sequence[int], part: str, is_regular: bool) -> None:
+        nonlocal n_regular
+        ids.extend(new)
+        messages.extend([message] * len(new))
+        parts.extend([part] * len(new))
+        if is_regular:
+            regular.extend(range(n_regular, n_regular + len(new)))
+            n_regular += len(new)
+        else:
+            regular.extend([-1] * len(new))
+
     for kind, value in _segments(prompt, _splitter(tokenizer)):
         if max_length is not None and len(ids) >= max_length:
             if kind == "slot" and family.slot(value) is None:
@@ -184,20 +252,48 @@ def encode_prompt(
                 if len(value) > char_limit:
                     value = value[:char_limit]
                     truncated = True
-            new = tokenizer.encode(value, add_special_tokens=False)
-            ids.extend(new)
-            regular.extend(range(n_regular, n_regular + len(new)))
-            n_regular += len(new)
+            add(tokenizer.encode(value, add_special_tokens=False), state, True)
             if truncated:
                 break  # the rest of the prompt lies beyond the cut text
         elif kind == "slot":
-            tokens = family.slot(value) or ()
-            ids.extend(tokenizer.convert_tokens_to_ids(tokens))
-            regular.extend([-1] * len(tokens))
+            part = "special"
+            if value == "start_header" or (value in _ROLE_NAME_SLOTS and state != "header"):
+                message, state = message + 1, "header"
+                roles.append(_ROLE_NAME_SLOTS.get(value, "user"))
+                part = "header"
+            elif value in _ROLE_NAME_SLOTS and state == "header":
+                roles[message] = _ROLE_NAME_SLOTS[value]
+                part = "header"
+            elif value == "end_header" and state == "header":
+                state, part = "content", "header"
+            elif value in ("eot", "eos") and state == "content":
+                state, part = "text", "end"
+            elif value in ("eot", "eos") and message >= 0 and parts and parts[-1] == "end":
+                part = "end"  # eos right after a message's eot
+            add(tokenizer.convert_tokens_to_ids(family.slot(value) or ()), part, False)
         else:
-            ids.append(tokenizer.special_tokens_encoder[value])
-            regular.append(-1)
+            add([tokenizer.special_tokens_encoder[value]], "special", False)
     if max_length is not None and len(ids) > max_length:
         ids, regular = ids[:max_length], regular[:max_length]
+        messages, parts = messages[:max_length], parts[:max_length]
         truncated = True
-    return EncodedPrompt(ids, regular, truncated=truncated)
+    return EncodedPrompt(
+        ids, regular, truncated=truncated, messages=messages, parts=parts, message_roles=roles
+    )
+
+
+def encode_text(text: str, tokenizer: ByteifyTokenizer, *, bos: bool) -> list[int]:
+    """Ids of a text (slot markers filled, literal special tokens kept) starting with the
+    family's bos exactly when `bos` is set and the family has one: a leading bos is
+    added, or removed, as needed, so a prompt written with `<|<bos>|>` obeys a model's
+    `add_bos=False` too."""
+    ids = list(encode_prompt(text, tokenizer).ids)
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None:
+        return ids
+    starts = bool(ids) and ids[0] == bos_id
+    if bos and not starts:
+        return [bos_id] + ids
+    if not bos and starts:
+        return ids[1:]
+    return ids

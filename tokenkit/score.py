@@ -28,7 +28,6 @@ original model and its tokenizer spec), `score.max_length`, `score.stride`,
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,7 +69,7 @@ def score(
     expand_tokenizer: str | None = None,
     max_length: int | None = None,
     stride: int | None = None,
-    batch_size: int = 8,
+    tokens_per_batch: int = scoring.DEFAULT_TOKENS_PER_BATCH,
     buckets: Sequence[int] | None = None,
     dtype: str = "float32",
 ) -> list[dict[str, Any]]:
@@ -83,8 +82,8 @@ def score(
       text_file: UTF-8 text, one item per line.
       add_bos: put the family's bos before each line (None: when the family has one).
       expand_model, expand_tokenizer: both or neither; see the module docstring.
-      max_length, stride, batch_size, buckets: see `scoring.score_texts` (one
-        compilation per bucket; default: powers of two up to `max_length`).
+      max_length, stride, tokens_per_batch, buckets: see `scoring.score_texts` (one
+        compilation per batch shape; default buckets: `scoring.default_buckets`).
       dtype: compute and parameter dtype.
     """
     lines = read_lines(text_file)
@@ -93,26 +92,22 @@ def score(
         expand_model=expand_model, expand_tokenizer=expand_tokenizer,
     )
     scores = scoring.score_texts(
-        model_.module,
-        {"params": model_.params},
-        model_.tokenizer,
+        model_,
         lines,
         add_bos=add_bos,
         max_length=max_length,
         stride=stride,
-        batch_size=batch_size,
+        tokens_per_batch=tokens_per_batch,
         buckets=buckets,
-        expansion=model_.expansion,
     )
     records = [s.as_dict() for s in scores]
 
     total_bytes = sum(s.n_bytes for s in scores)
-    total_loglik = sum(s.loglik for s in scores)
     if total_bytes:
         logging.info(
             "%d lines, %d bytes, %d tokens scored: %.4f bits per byte.",
             len(scores), total_bytes, sum(s.n_tokens for s in scores),
-            -total_loglik / math.log(2) / total_bytes,
+            scoring.bits_per_byte(scores),
         )
     if entry.process_index() == 0:
         text = "".join(json.dumps(r) + "\n" for r in records)

@@ -27,15 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import gin
-import jax
-import numpy as np
 from absl import logging
 
 from tokenkit import entry
 from tokenkit.byteify import TokenizerSpec, load_byteify_tokenizer
 from tokenkit.models import hf_io, load_config, load_pretrained, save_pretrained
-from tokenkit.models import fvt as fvt_lib
-from tokenkit.models.surgery import OUTPUT_EMBEDDING_MODES, embedding_matrices, replace_vocabulary
+from tokenkit.models import transfer as transfer_lib
 
 SPEC_FILE = "tokenizer_spec.txt"
 STATS_FILE = "fvt_stats.json"
@@ -61,6 +58,7 @@ def zett(
     output_embeddings_mode: str = "preserve",
     pad_to_multiple_of: int = 64,
     seed: int = 0,
+    init: str = "fvt",
     allow_exact_match: bool = True,
     slot_tokens: str = "special",
     save_dtype: str | None = None,
@@ -76,6 +74,7 @@ def zett(
       output_embeddings_mode: "preserve" the model's tied-ness or "untie".
       pad_to_multiple_of: the new vocabulary is zero-padded to a multiple of this.
       seed: seed of FVT's random fallback rows.
+      init: how the new embedding rows start (`transfer.INIT_METHODS`).
       allow_exact_match, slot_tokens: see `tokenkit.models.fvt.fvt_mapping`.
       save_dtype: dtype of the written tensors (e.g. "bfloat16"); None keeps the model's.
 
@@ -85,15 +84,7 @@ def zett(
     out = Path(output_dir) if output_dir else workdir
     if out is None:
         raise ValueError("zett needs an output directory: pass --workdir or set zett.output_dir.")
-    if output_embeddings_mode not in OUTPUT_EMBEDDING_MODES:
-        raise ValueError(
-            f"Unknown output_embeddings_mode {output_embeddings_mode!r}; valid: "
-            f"{', '.join(OUTPUT_EMBEDDING_MODES)}."
-        )
-    if slot_tokens not in fvt_lib.SLOT_TOKEN_MODES:
-        raise ValueError(
-            f"Unknown slot_tokens {slot_tokens!r}; valid: {', '.join(fvt_lib.SLOT_TOKEN_MODES)}."
-        )
+    transfer_lib.check_options(init, output_embeddings_mode, slot_tokens)
 
     # Everything cheap is checked before the weights are read.
     source_tok = load_byteify_tokenizer(tokenizer)
@@ -107,41 +98,19 @@ def zett(
 
     config, params = load_pretrained(model, dtype=None)
     logging.info("Loaded %s (%s, vocab %d).", model, config.architecture, config.vocab_size)
-    inputs, outputs = embedding_matrices(config, params)
-    inputs = np.asarray(jax.device_get(inputs))
-    outputs = None if outputs is None else np.asarray(jax.device_get(outputs))
-    result = fvt_lib.fvt(
-        source_tok,
-        target_tok,
-        inputs,
-        output_embeddings=outputs,
-        seed=seed,
-        allow_exact_match=allow_exact_match,
-        slot_tokens=slot_tokens,
+    result = transfer_lib.transfer(
+        config, params, source_tok, target_tok, init=init,
+        output_embeddings_mode=output_embeddings_mode, pad_to_multiple_of=pad_to_multiple_of,
+        seed=seed, allow_exact_match=allow_exact_match, slot_tokens=slot_tokens,
     )
-    new_config, new_params = replace_vocabulary(
-        config,
-        params,
-        result.input_embeddings,
-        result.output_embeddings,
-        tokenizer_size=len(target_tok),
-        output_embeddings_mode=output_embeddings_mode,
-        pad_to_multiple_of=pad_to_multiple_of,
-    )
-    # The special-token ids in config.json (used by generation) must be the new ones.
-    new_config = dataclasses.replace(
-        new_config,
-        bos_token_id=target_tok.bos_token_id,
-        eos_token_id=target_tok.eos_token_id,
-        pad_token_id=target_tok.pad_token_id,
-    )
-
-    save_pretrained(out, new_config, new_params, tokenizer=target_tok, dtype=save_dtype)
+    new_config = result.config
+    save_pretrained(out, new_config, result.params, tokenizer=target_tok, dtype=save_dtype)
     spec = saved_tokenizer_spec(target_tok.spec or target_tokenizer, out.resolve())
+    stats = result.stats.as_dict() if result.stats is not None else None
     summary = {
         "output_dir": str(out),
         "tokenizer_spec": spec,
-        "stats": result.stats.as_dict(),
+        "stats": stats,
         "vocab_size": new_config.vocab_size,
     }
     if entry.process_index() == 0:

@@ -23,16 +23,16 @@ def test_messages_encode_like_the_whole_prompt(tokenizer):
     encoder = SideEncoder(tokenizer, max_length=64)
     expected = prompts.encode_prompt(prompts.preprocess_messages(CHAT["messages"]), tokenizer).ids
     out = encoder(CHAT)
-    n = int(out["attention_mask"].sum())
-    assert out["input_ids"][:n].tolist() == list(expected)
-    assert (out["input_ids"][n:] == encoder.pad_id).all()
-    assert out["loss_mask"][:n].all() and not out["truncated"]
+    n = int(out.attention_mask.sum())
+    assert out.input_ids[:n].tolist() == list(expected)
+    assert (out.input_ids[n:] == encoder.pad_id).all()
+    assert out.loss_mask[:n].all() and not out.truncated
 
 
 def test_assistant_loss_mask_covers_the_answer_only(tokenizer):
     encoder = SideEncoder(tokenizer, max_length=64, loss_mask_mode="assistant")
     out = encoder(CHAT)
-    masked_ids = out["input_ids"][out["loss_mask"]].tolist()
+    masked_ids = out.input_ids[out.loss_mask].tolist()
     answer = prompts.encode_prompt("12" + "<|<eot>|>", tokenizer).ids
     assert masked_ids == list(answer)
 
@@ -40,22 +40,22 @@ def test_assistant_loss_mask_covers_the_answer_only(tokenizer):
 def test_text_with_direct_encode_adds_bos_and_eos(tokenizer):
     encoder = SideEncoder(tokenizer, max_length=32)
     out = encoder({"text": "Grüße aus Köln"})
-    n = int(out["attention_mask"].sum())
+    n = int(out.attention_mask.sum())
     expected = prompts.encode_prompt(prompts.preprocess_prompt("Grüße aus Köln", "direct_encode"), tokenizer).ids
-    assert out["input_ids"][:n].tolist() == list(expected)
+    assert out.input_ids[:n].tolist() == list(expected)
 
 
 def test_truncation_is_flagged(tokenizer):
     encoder = SideEncoder(tokenizer, max_length=8)
     out = encoder({"text": "word " * 50})
-    assert out["truncated"] and out["attention_mask"].all()
+    assert out.truncated and out.attention_mask.all()
 
 
 def test_without_chat_template_uses_the_tokenizer(tokenizer):
     encoder = SideEncoder(tokenizer, max_length=16, use_chat_template=False)
     out = encoder({"text": "abc"})
-    n = int(out["attention_mask"].sum())
-    assert out["input_ids"][:n].tolist() == tokenizer.encode("abc", add_special_tokens=True)
+    n = int(out.attention_mask.sum())
+    assert out.input_ids[:n].tolist() == tokenizer.encode("abc", add_special_tokens=True)
     with pytest.raises(ValueError, match="use_chat_template is False"):
         encoder({"messages": CHAT["messages"]})
 
@@ -71,7 +71,7 @@ def test_dolly_marker_masks_the_prompt():
     tok = load_byteify_tokenizer(str(DATA_DIR / "tokenizers" / "llama3_bpe:source=Llama3"))
     encoder = SideEncoder(tok, max_length=64, loss_mask_mode="dolly", use_chat_template=False)
     out = encoder({"text": "Instruction: say hi\n### Response:\nhi there"})
-    masked = tok.decode(out["input_ids"][out["loss_mask"]].tolist())
+    masked = tok.decode(out.input_ids[out.loss_mask].tolist())
     assert masked == "hi there"
 
 
@@ -83,22 +83,22 @@ def test_pair_encoder_aligns_teacher_and_student():
     student = load_byteify_tokenizer(str(DATA_DIR / "tokenizers" / "gemma2_sp:source=Gemma2"))
     encoder = PairEncoder(SideEncoder(teacher, 48), SideEncoder(student, 64), Aligner(teacher, student))
     out = encoder(CHAT)
-    assert out["input_ids_teacher"].shape == (48,) and out["input_ids_student"].shape == (64,)
+    assert out.teacher.input_ids.shape == (48,) and out.student.input_ids.shape == (64,)
     for kind in ("unconstrained", "space"):
-        t, s = out[f"chunks_teacher_{kind}"], out[f"chunks_student_{kind}"]
+        t, s = out.chunks[kind].teacher, out.chunks[kind].student
         assert t.max() == s.max() >= 3  # same chunks on both sides
     # Text chunks spell the same text on both sides (template runs such as `assistant`
     # vs `model` are aligned slot to slot, each spelt its own way).
-    t, s = out["chunks_teacher_unconstrained"], out["chunks_student_unconstrained"]
+    t, s = out.chunks["unconstrained"].teacher, out.chunks["unconstrained"].student
     same = []
     for chunk in range(t.max() + 1):
-        t_text = "".join(teacher.convert_ids_to_tokens(out["input_ids_teacher"][t == chunk].tolist()))
-        s_text = "".join(student.convert_ids_to_tokens(out["input_ids_student"][s == chunk].tolist()))
+        t_text = "".join(teacher.convert_ids_to_tokens(out.teacher.input_ids[t == chunk].tolist()))
+        s_text = "".join(student.convert_ids_to_tokens(out.student.input_ids[s == chunk].tolist()))
         if t_text == s_text:
             same.append(t_text)
     joined = "".join(same)
     assert "WhatĠisĠ7Ġ+Ġ5?" in joined and "12" in joined
-    assert out["chunks_teacher_space"].max() <= out["chunks_teacher_unconstrained"].max()
+    assert out.chunks["space"].teacher.max() <= out.chunks["unconstrained"].teacher.max()
 
 
 def test_stream_encoder_is_the_unpadded_encoding(tokenizer):
@@ -107,6 +107,6 @@ def test_stream_encoder_is_the_unpadded_encoding(tokenizer):
     side = SideEncoder(tokenizer, max_length=64, loss_mask_mode="assistant")
     out = StreamEncoder(side)(CHAT)
     padded = side(CHAT)
-    n = int(padded["attention_mask"].sum())
-    assert out["input_ids_student"].tolist() == padded["input_ids"][:n].tolist()
-    assert out["loss_mask_student"].tolist() == padded["loss_mask"][:n].tolist()
+    n = int(padded.attention_mask.sum())
+    assert out["input_ids"].tolist() == padded.input_ids[:n].tolist()
+    assert out["loss_mask"].tolist() == padded.loss_mask[:n].tolist()

@@ -78,21 +78,12 @@ def test_packing_fills_rows_with_the_token_stream():
     docs = [list(range(1, 4)), list(range(10, 16)), list(range(20, 22)), list(range(30, 35))]
 
     def unpadded(i):
-        return {"input_ids_student": np.asarray(docs[i], np.int32),
-                "loss_mask_student": np.ones(len(docs[i]), bool)}
+        return {"input_ids": np.asarray(docs[i], np.int32), "loss_mask": np.ones(len(docs[i]), bool)}
 
-    rows = _take_all(make_dataset(list(range(4)), unpadded, batch_size=1, shuffle=False,
-                                  num_epochs=1, pack_length=4,
-                                  pack_keys=("input_ids_student", "loss_mask_student")))
+    rows = list(make_dataset(list(range(4)), unpadded, batch_size=1, shuffle=False,
+                             num_epochs=1, pack_length=4))
     stream = [t for d in docs for t in d]
-    got = np.concatenate([r["input_ids_student"][0][r["attention_mask_student"][0]] for r in rows])
+    got = np.concatenate([r.student.input_ids[0][r.student.attention_mask[0]] for r in rows])
     assert got.tolist() == stream[: len(got)]
-    assert all(r["input_ids_student"].shape == (1, 4) for r in rows)
-    assert all(r["attention_mask_student"][0].all() for r in rows[:-1])
-    assert set(rows[0]) == {"input_ids_student", "loss_mask_student", "attention_mask_student"}
-    with pytest.raises(ValueError, match="pack_keys"):
-        make_dataset(list(range(4)), unpadded, batch_size=1, pack_length=4)
-
-
-def _take_all(dataset):
-    return [{k: v.copy() for k, v in b.items()} for b in dataset]
+    assert all(r.student.input_ids.shape == (1, 4) and r.teacher is None for r in rows)
+    assert all(r.student.attention_mask[0].all() for r in rows[:-1])

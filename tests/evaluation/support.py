@@ -48,7 +48,7 @@ def make_model(spec: str, seed: int, *, add_bos: bool = True, padding: int = 64,
                **overrides) -> EvalModel:
     tokenizer = load_byteify_tokenizer(spec)
     config = tiny_config(len(tokenizer) + padding, **overrides)
-    return EvalModel.create(config, random_params(config, seed), tokenizer, add_bos=add_bos,
+    return EvalModel.build(config, random_params(config, seed), tokenizer, add_bos=add_bos,
                             name=f"tiny-{seed}")
 
 
@@ -67,7 +67,7 @@ def forward_logprobs(model: EvalModel, ids: list[int]) -> np.ndarray:
     forward = _FORWARDS.get(id(model))
     if forward is None:
         forward = _FORWARDS[id(model)] = jax.jit(
-            lambda p, x, m, e: jax.nn.log_softmax(model.forward(p, x, m, expansion=e)[0], -1)
+            lambda p, x, m, e: jax.nn.log_softmax(model.forward(p, x, m, expansion=e).logits, -1)
         )
     padded = np.zeros((1, REFERENCE_LENGTH), np.int32)
     mask = np.zeros((1, REFERENCE_LENGTH), np.int32)

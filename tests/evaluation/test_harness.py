@@ -39,8 +39,7 @@ def test_multiple_choice_scores_equal_our_scoring_path(llama_model, results):
         doc = sample["doc"]
         pairs = [lm._encode_pair(llama_model, doc["question"], " " + c) for c in doc["choices"]]
         scores = scoring.score_sequences(
-            llama_model.module, {"params": llama_model.params}, [ids for ids, _ in pairs],
-            [start for _, start in pairs], num_real_tokens=len(llama_model.tokenizer),
+            llama_model, [ids for ids, _ in pairs], [start for _, start in pairs],
             show_progress=False,
         )
         lls = np.asarray([s.loglik for s in scores])

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from tokenkit import byteify
 from tokenkit.evaluation import scoring
+from tokenkit.evaluation.model import EvalModel
+from tokenkit.logits import mask_padded_vocab, vocab_mask
 from tokenkit.models import expand
 from tokenkit.models.config import ModelConfig
-from tokenkit.models.surgery import logit_mask
 from tokenkit.models.transformer import init_params, make_transformer
 
 TEXTS = [
@@ -46,11 +47,22 @@ def _model(vocab_size: int, seed: int = 0):
     return model, params
 
 
+def _scored(tok, model, params, *, add_bos=True, expansion=None) -> EvalModel:
+    """What scoring runs: the model side of (config, tokenizer) with its params."""
+    return EvalModel.build(model.config, params, tok, add_bos=add_bos, expansion=expansion)
+
+
 @pytest.fixture(scope="module")
 def llama(tiny_tokenizer_specs):
     tok = _tok(tiny_tokenizer_specs["llama3_bpe"])
     model, params = _model(4160)  # 64 padding rows beyond the tokenizer's 4096
     return tok, model, {"params": params}
+
+
+@pytest.fixture(scope="module")
+def scored(llama):
+    tok, model, variables = llama
+    return _scored(tok, model, variables["params"])
 
 
 @functools.partial(jax.jit, static_argnames="model")
@@ -62,14 +74,14 @@ def _plain_loglik(model, variables, ids, num_real, score_from=1, expanded=None) 
     """One unpadded row, one forward pass, log-softmax over the real vocabulary."""
     x = jnp.asarray([ids], jnp.int32)
     logits = _logits(model, variables, x, expanded)[0].astype(jnp.float32)
-    logits = logits + logit_mask(num_real, model.config.vocab_size)
+    logits = mask_padded_vocab(logits, vocab_mask(num_real, model.config.vocab_size))
     logp = np.asarray(jax.nn.log_softmax(logits, axis=-1), np.float64)
     return float(sum(logp[i - 1, ids[i]] for i in range(score_from, len(ids))))
 
 
-def test_loglik_equals_plain_forward_for_each_line(llama):
+def test_loglik_equals_plain_forward_for_each_line(llama, scored):
     tok, model, variables = llama
-    results = scoring.score_texts(model, variables, tok, TEXTS, batch_size=4, show_progress=False)
+    results = scoring.score_texts(scored, TEXTS, tokens_per_batch=256, show_progress=False)
     for text, result in zip(TEXTS, results):
         ids = [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)
         assert result.n_tokens == len(ids) - 1
@@ -83,10 +95,9 @@ def test_loglik_equals_plain_forward_for_each_line(llama):
     assert results[0].loglik < -5  # far from zero: the check above is not vacuous
 
 
-def test_padding_and_bucketing_change_nothing(llama):
-    tok, model, variables = llama
-    a = scoring.score_texts(model, variables, tok, TEXTS, batch_size=1, show_progress=False)
-    b = scoring.score_texts(model, variables, tok, TEXTS, batch_size=5, buckets=(128,),
+def test_padding_and_bucketing_change_nothing(scored):
+    a = scoring.score_texts(scored, TEXTS, tokens_per_batch=1, show_progress=False)
+    b = scoring.score_texts(scored, TEXTS, tokens_per_batch=5 * 128, buckets=(128,),
                             show_progress=False)
     for x, y in zip(a, b):
         assert x.n_tokens == y.n_tokens
@@ -100,10 +111,12 @@ def test_bits_per_byte_formula():
     assert scoring.TextScore(0.0, 0, 0).bits_per_byte is None
 
 
-def test_add_bos_options(llama, tiny_tokenizer_specs):
+def test_add_bos_options(llama, scored, tiny_tokenizer_specs):
     tok, model, variables = llama
     text = TEXTS[0]
-    without = scoring.score_texts(model, variables, tok, [text], add_bos=False, show_progress=False)[0]
+    without = scoring.score_texts(scored, [text], add_bos=False, show_progress=False)[0]
+    no_bos_model = _scored(tok, model, variables["params"], add_bos=False)
+    assert scoring.score_texts(no_bos_model, [text], show_progress=False)[0] == without
     ids = tok.encode(text, add_special_tokens=False)
     assert without.n_tokens == len(ids) - 1
     assert without.loglik == pytest.approx(_plain_loglik(model, variables, ids, len(tok)), rel=1e-5)
@@ -129,13 +142,13 @@ def test_windows_score_every_position_once(length, max_length, data):
         scoring.windows(length, max_length, max_length)
 
 
-def test_long_texts_are_scored_in_sliding_windows(llama, caplog):
+def test_long_texts_are_scored_in_sliding_windows(llama, scored, caplog):
     tok, model, variables = llama
     text = TEXTS[-1] * 2
     ids = [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)
     max_length, stride = 24, 10
     with caplog.at_level("INFO"):
-        result = scoring.score_texts(model, variables, tok, [text, "short"], max_length=max_length,
+        result = scoring.score_texts(scored, [text, "short"], max_length=max_length,
                                      stride=stride, show_progress=False)[0]
     assert "1 of 2 texts exceed max_length=24" in caplog.text
     spans = scoring.windows(len(ids), max_length, stride)
@@ -144,31 +157,31 @@ def test_long_texts_are_scored_in_sliding_windows(llama, caplog):
     assert result.loglik == pytest.approx(want, rel=1e-5)
 
 
-def test_sequences_report_greedy(llama):
+def test_sequences_report_greedy(llama, scored):
     tok, model, variables = llama
     prefix = [tok.bos_token_id] + tok.encode("The river", add_special_tokens=False)
     greedy = list(prefix)
     for _ in range(4):
         logits = _logits(model, variables, jnp.asarray([greedy], jnp.int32), None)[0, -1]
-        logits = logits + logit_mask(len(tok), model.config.vocab_size)
+        logits = mask_padded_vocab(logits, vocab_mask(len(tok), model.config.vocab_size))
         greedy.append(int(jnp.argmax(logits)))
     other = greedy[:-1] + [(greedy[-1] + 1) % len(tok)]
     a, b, c = scoring.score_sequences(
-        model, variables, [greedy, other, greedy], [len(prefix), len(prefix), len(greedy)],
-        num_real_tokens=len(tok), show_progress=False,
+        scored, [greedy, other, greedy], [len(prefix), len(prefix), len(greedy)],
+        show_progress=False,
     )
     assert a.is_greedy and not b.is_greedy and a.n_tokens == 4
     assert c.n_tokens == 0 and c.loglik == 0.0 and c.is_greedy
     assert a.loglik > b.loglik
     with pytest.raises(ValueError, match="first token has no prediction"):
-        scoring.score_sequences(model, variables, [greedy], 0, show_progress=False)
+        scoring.score_sequences(scored, [greedy], 0, show_progress=False)
 
 
 def test_tokenizer_larger_than_model_is_refused(tiny_tokenizer_specs):
     tok = _tok(tiny_tokenizer_specs["llama3_bpe"])
     model, params = _model(1024)
-    with pytest.raises(ValueError, match="4096 tokens but the model only 1024 embedding rows"):
-        scoring.score_texts(model, {"params": params}, tok, ["hi"], show_progress=False)
+    with pytest.raises(ValueError, match="4096 ids but the model .* has only 1024 embedding rows"):
+        _scored(tok, model, params)
 
 
 def test_byte_level_model_with_expansion(tiny_tokenizer_specs):
@@ -180,9 +193,9 @@ def test_byte_level_model_with_expansion(tiny_tokenizer_specs):
     params["expand_embedder"] = {"embedding": jnp.asarray(expansion.embedding_table(old_embeddings))}
     variables = {"params": params}
     texts = TEXTS[:3] + TEXTS[4:5]
-    got = scoring.score_texts(model, variables, new, texts, batch_size=3, expansion=expansion,
-                              show_progress=False)
-    plain = scoring.score_texts(model, variables, new, texts, show_progress=False)
+    got = scoring.score_texts(_scored(new, model, params, expansion=expansion), texts,
+                              tokens_per_batch=3 * 64, show_progress=False)
+    plain = scoring.score_texts(_scored(new, model, params), texts, show_progress=False)
     for text, result, no_expansion in zip(texts, got, plain):
         ids = [new.bos_token_id] + new.encode(text, add_special_tokens=False)
         assert result.n_tokens == len(ids) - 1 == result.n_bytes
@@ -191,3 +204,18 @@ def test_byte_level_model_with_expansion(tiny_tokenizer_specs):
         assert result.loglik == pytest.approx(want, rel=1e-5, abs=1e-4), text
         if result.n_tokens > 1:
             assert abs(result.loglik - no_expansion.loglik) > 1e-2  # the expansion is used
+
+
+def test_batch_plan_fills_a_token_budget_without_fixed_rows():
+    assert scoring.default_buckets(1000) == (16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 1000)
+    lengths = [5, 100, 20, 33, 7, 130]
+    plan = scoring.plan_batches(lengths, scoring.default_buckets(256), tokens_per_batch=128)
+    # Longest first within a bucket; two short rows make a batch of 2 rows, not of the
+    # 8 that the budget would allow at length 16.
+    assert plan == [(16, 2, [4, 0]), (32, 1, [2]), (64, 1, [3]), (128, 1, [1]), (256, 1, [5])]
+    many = scoring.plan_batches([10] * 11, (16,), tokens_per_batch=64)
+    assert [(rows, len(members)) for _, rows, members in many] == [(4, 4), (4, 4), (4, 3)]
+    few = scoring.plan_batches([10] * 5, (16,), tokens_per_batch=128)
+    assert [(rows, len(members)) for _, rows, members in few] == [(8, 5)]
+    with pytest.raises(ValueError, match="tokens_per_batch"):
+        scoring.plan_batches(lengths, (256,), 0)

@@ -88,7 +88,8 @@ def alm_dense(
     alm_diff_fn="binary_ce",
     binarization_temp=100.0,
     renyi_alpha=0.5,
-    tokenizer_pair_bias_threshold=0.1,
+    space_merge_threshold=0.1,
+    space_mask_mode=None,  # the space masks are given directly
     distill_chunk_sizes=(1,),
     distill_main_path_numerator="chunk_count",
     distill_main_path_denominator="chunk_count",
@@ -132,7 +133,7 @@ def alm_dense(
 
     if "merge_by_space_prob" in alm_mode:
         bsz, c = t_space.shape
-        flag = jnp.exp(t_space) > tokenizer_pair_bias_threshold
+        flag = jnp.exp(t_space) > space_merge_threshold
         rev = jnp.cumsum(flag[:, ::-1], -1)[:, ::-1]
         idx = rev.max(-1, keepdims=True) - rev
         merge = (

@@ -7,8 +7,49 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+import jax
+
 from tests.losses.chunkings import make_batch
+from tokenkit.batch import Batch, ChunkIds, SideBatch
+from tokenkit.logits import mask_padded_vocab
 from tokenkit.losses.context import LossContext, ModelOutputs, TokenizerConstants
+
+CHUNKINGS = ("unconstrained", "space", "unbiased")
+
+
+def as_batch(flat: dict) -> Batch:
+    """The typed batch of a flat test batch (`input_ids_student`, `chunks_teacher_space`,
+    ... : the layout the dense references read)."""
+
+    def side(name):
+        if f"input_ids_{name}" not in flat:
+            return None
+        return SideBatch(*(flat[f"{key}_{name}"] for key in ("input_ids", "attention_mask", "loss_mask")))
+
+    chunks = {
+        kind: ChunkIds(flat[f"chunks_teacher_{kind}"], flat[f"chunks_student_{kind}"])
+        for kind in CHUNKINGS if f"chunks_teacher_{kind}" in flat and f"chunks_student_{kind}" in flat
+    }
+    return Batch(student=side("student"), teacher=side("teacher"), chunks=chunks)
+
+
+def as_flat(batch: Batch | None) -> dict | None:
+    """The flat test layout of a typed batch (inverse of `as_batch`)."""
+    if batch is None:
+        return None
+    flat = {}
+    for name, side in batch.sides().items():
+        for key in ("input_ids", "attention_mask", "loss_mask"):
+            flat[f"{key}_{name}"] = getattr(side, key)
+    for kind, chunks in batch.chunks.items():
+        flat[f"chunks_teacher_{kind}"] = chunks.teacher
+        flat[f"chunks_student_{kind}"] = chunks.student
+    return flat
+
+
+def masked_outputs(logits, constants: TokenizerConstants, **fields) -> ModelOutputs:
+    """Model outputs as the model side hands them to the losses: padded rows masked."""
+    return ModelOutputs(mask_padded_vocab(logits, constants.vocab_mask), **fields)
 
 
 @dataclasses.dataclass
@@ -21,6 +62,16 @@ class Setup:
     teacher_logits: jnp.ndarray
     student_constants: TokenizerConstants
     teacher_constants: TokenizerConstants
+
+    def student_outputs(self, logits, **fields) -> ModelOutputs:
+        return masked_outputs(logits, self.student_constants, **fields)
+
+    def teacher_outputs(self, logits, **fields) -> ModelOutputs:
+        return masked_outputs(logits, self.teacher_constants, **fields)
+
+    def with_batch(self, flat: dict) -> LossContext:
+        """The context with another (flat) batch."""
+        return dataclasses.replace(self.ctx, batch=as_batch(flat))
 
     def dense_constants(self) -> dict:
         return dict(
@@ -70,9 +121,9 @@ def make_setup(
     s_logits = normal(batch_size, len_student, vocab_student, scale=logit_scale)
     t_const = constants(rng, vocab_teacher, real_t, eos=real_t - 1)
     s_const = constants(rng, vocab_student, real_s, eos=real_s - 2)
-    def outputs(logits, length, hidden, vocab):
-        return ModelOutputs(
-            logits,
+    def outputs(logits, length, hidden, vocab, constants):
+        return masked_outputs(
+            logits, constants,
             hidden_states=tuple(normal(batch_size, length, hidden) for _ in range(n_layers + 1)),
             attentions=tuple(
                 tuple(normal(batch_size, length, width) for width in (4, 2, 2)) for _ in range(n_layers)
@@ -80,11 +131,11 @@ def make_setup(
             output_embeddings=normal(vocab, hidden),
         )
 
-    teacher = outputs(t_logits, len_teacher, hidden_teacher, vocab_teacher)
-    student = outputs(s_logits, len_student, hidden_student, vocab_student)
+    teacher = outputs(t_logits, len_teacher, hidden_teacher, vocab_teacher, t_const)
+    student = outputs(s_logits, len_student, hidden_student, vocab_student, s_const)
     mapping = jnp.asarray(rng.integers(0, real_t, size=real_s), jnp.int32)
     ctx = LossContext(
-        batch=batch,
+        batch=as_batch(batch),
         student=student,
         student_constants=s_const,
         teacher=teacher,
@@ -94,8 +145,8 @@ def make_setup(
     return Setup(ctx, batch, s_logits, t_logits, s_const, t_const)
 
 
-def split_rows(batch: dict, rows: slice) -> dict:
-    return {k: v[rows] for k, v in batch.items()}
+def split_rows(batch, rows: slice):
+    return jax.tree.map(lambda x: x[rows], batch)
 
 
 def split_context(ctx: LossContext, rows: slice) -> LossContext:

@@ -45,7 +45,7 @@ def _check(setup, chunking, options):
 
 def _every_divergence(setup, chunking, mode):
     for diff in BINARY_DIVERGENCES:
-        options = AlmOptions(alm_mode=mode, alm_diff_fn=diff, tokenizer_pair_bias_threshold=0.3, renyi_alpha=0.7)
+        options = AlmOptions(alm_mode=mode, alm_diff_fn=diff, space_merge_threshold=0.3, renyi_alpha=0.7)
         _check(setup, chunking, options)
 
 
@@ -76,7 +76,7 @@ def test_matches_dense_for_normalisations_and_chunk_sizes(setups, numerator, den
 
 @pytest.mark.parametrize("threshold", [0.0, 0.05, 0.5, 1.0])
 def test_matches_dense_across_merge_thresholds(setups, threshold):
-    options = AlmOptions(tokenizer_pair_bias_threshold=threshold)
+    options = AlmOptions(space_merge_threshold=threshold)
     for kind in setups:
         _check(setups[kind], "space", options)
 
@@ -95,7 +95,7 @@ def test_gradients_match_dense(setups, options):
     setup = setups["subword"]
 
     def ours(s_logits):
-        ctx = dataclasses.replace(setup.ctx, student=ModelOutputs(s_logits))
+        ctx = dataclasses.replace(setup.ctx, student=setup.student_outputs(s_logits))
         return alm_loss(ctx, "unconstrained", options)[0]
 
     def ref(s_logits):
@@ -110,7 +110,7 @@ def test_gradients_match_dense(setups, options):
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-7)
     # The teacher gets no gradient through the loss.
     g_teacher = jax.grad(
-        lambda t: alm_loss(dataclasses.replace(setup.ctx, teacher=ModelOutputs(t)), "unconstrained", options)[0]
+        lambda t: alm_loss(dataclasses.replace(setup.ctx, teacher=setup.teacher_outputs(t)), "unconstrained", options)[0]
     )(setup.teacher_logits)
     assert float(jnp.abs(g_teacher).max()) == 0.0
 
@@ -130,7 +130,7 @@ def _teacher_as_student(setup):
         pattern = key if "{}" in key else key + "_{}"
         batch[pattern.format("student")] = batch[pattern.format("teacher")]
     return dataclasses.replace(
-        setup.ctx, batch=batch, student=setup.ctx.teacher, student_constants=setup.ctx.teacher_constants
+        setup.with_batch(batch), student=setup.ctx.teacher, student_constants=setup.ctx.teacher_constants
     )
 
 
@@ -157,7 +157,7 @@ def test_decreases_as_student_moves_toward_teacher(setups):
         values = []
         for alpha in (0.0, 0.5, 0.9, 1.0):
             logits = setup.teacher_logits + (1 - alpha) * noise
-            ctx = dataclasses.replace(target, student=ModelOutputs(logits))
+            ctx = dataclasses.replace(target, student=setup.teacher_outputs(logits))
             values.append(float(alm_loss(ctx, "unconstrained", options)[0]))
         assert all(a > b for a, b in zip(values, values[1:])), (diff, values)
 
@@ -174,12 +174,12 @@ def test_loss_mask_excludes_chunks(setups):
     s_free = np.zeros_like(s_masked)
     s_free[:, :-1] = s_masked[:, 1:] & s_masked[:, :-1]
     noise = rng.normal(size=setup.student_logits.shape) * 5 * s_free[..., None]
-    ctx = dataclasses.replace(setup.ctx, student=ModelOutputs(setup.student_logits + noise))
+    ctx = dataclasses.replace(setup.ctx, student=setup.student_outputs(setup.student_logits + noise))
     np.testing.assert_allclose(alm_loss(ctx, "unconstrained", options)[0], base, rtol=1e-6)
     # ... while masking more tokens does change the loss.
     batch = dict(setup.batch)
     batch["loss_mask_teacher"] = batch["loss_mask_teacher"].at[:, : batch["loss_mask_teacher"].shape[1] // 2].set(False)
-    masked, _ = alm_loss(dataclasses.replace(setup.ctx, batch=batch), "unconstrained", options)
+    masked, _ = alm_loss(setup.with_batch(batch), "unconstrained", options)
     assert abs(float(masked) - float(base)) > 1e-4
 
 
@@ -225,8 +225,8 @@ def test_missing_teacher_or_batch_key_is_a_clear_error(setups):
     with pytest.raises(ValueError, match="needs the teacher"):
         alm_loss(ctx, "space", AlmOptions())
     batch = {k: v for k, v in setups["subword"].batch.items() if k != "chunks_student_space"}
-    with pytest.raises(KeyError, match="chunks_student_space"):
-        alm_loss(dataclasses.replace(setups["subword"].ctx, batch=batch), "space", AlmOptions())
+    with pytest.raises(KeyError, match="alm_space needs the 'space' chunk ids"):
+        alm_loss(setups["subword"].with_batch(batch), "space", AlmOptions())
 
 
 @pytest.mark.parametrize(

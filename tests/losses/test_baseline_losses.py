@@ -49,7 +49,7 @@ def test_dskd_trains_the_projectors_and_the_student(setup):
 
     def loss(params, student_logits):
         ctx = dataclasses.replace(
-            setup.ctx, params=params, student=dataclasses.replace(setup.ctx.student, logits=student_logits)
+            setup.ctx, params=params, student=dataclasses.replace(setup.ctx.student, logits=setup.student_outputs(student_logits).logits)
         )
         return baseline_dskd_loss(ctx, DskdOptions(divergence="kl"))[0]
 
@@ -63,7 +63,7 @@ def test_dskd_trains_the_projectors_and_the_student(setup):
 def test_dskd_needs_params_and_hidden_states(setup):
     with pytest.raises(ValueError, match="projector_query"):
         baseline_dskd_loss(setup.ctx)
-    no_hidden = dataclasses.replace(setup.ctx, student=ModelOutputs(setup.student_logits))
+    no_hidden = dataclasses.replace(setup.ctx, student=setup.student_outputs(setup.student_logits))
     with pytest.raises(ValueError, match="hidden_states"):
         baseline_dskd_loss(no_hidden)
     with pytest.raises(ValueError, match="srkl"):
@@ -81,7 +81,7 @@ def test_uld_matches_dense_for_any_vocabulary_gap(vocab_student):
         s.batch, s.student_logits, s.teacher_logits, s.student_constants.vocab_mask, s.teacher_constants.vocab_mask
     )
     np.testing.assert_allclose(loss, ref, rtol=1e-5)
-    g = jax.grad(lambda x: baseline_uld_loss(dataclasses.replace(s.ctx, student=ModelOutputs(x)))[0])(s.student_logits)
+    g = jax.grad(lambda x: baseline_uld_loss(dataclasses.replace(s.ctx, student=s.student_outputs(x)))[0])(s.student_logits)
     g_ref = jax.grad(
         lambda x: dense.uld_dense(s.batch, x, s.teacher_logits, s.student_constants.vocab_mask, s.teacher_constants.vocab_mask)
     )(s.student_logits)
@@ -121,7 +121,7 @@ def test_mined_matches_dense(seed):
     )
     np.testing.assert_allclose(loss, ref, rtol=1e-5)
     assert float(diag["mined_one_to_one_mask_sum"]) > 0 and float(diag["mined_onehot_mask_sum"]) > 0
-    g = jax.grad(lambda x: baseline_mined_loss(dataclasses.replace(s.ctx, student=ModelOutputs(x)), options)[0])(
+    g = jax.grad(lambda x: baseline_mined_loss(dataclasses.replace(s.ctx, student=s.student_outputs(x)), options)[0])(
         s.student_logits
     )
     g_ref = jax.grad(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.losses import dense_reference as dense
-from tests.losses.support import make_setup, split_context
+from tests.losses.support import as_flat, make_setup, split_context
 from tokenkit.losses.context import ModelOutputs
 from tokenkit.losses.latents import NORMALIZATIONS, LatentsOptions, alm_latents_loss, init_latents_params
 
@@ -20,7 +20,7 @@ def setup():
 def _dense(setup, options, projector=None, ctx=None):
     ctx = setup.ctx if ctx is None else ctx
     return dense.latents_dense(
-        ctx.batch,
+        as_flat(ctx.batch),
         ctx.student.hidden_states,
         ctx.teacher.hidden_states,
         latents_chunks=options.latents_chunks,
@@ -30,7 +30,7 @@ def _dense(setup, options, projector=None, ctx=None):
         projector=projector,
         student_attentions=ctx.student.attentions,
         teacher_attentions=ctx.teacher.attentions,
-        global_batch=ctx.global_batch,
+        global_batch=as_flat(ctx.global_batch),
     )
 
 
@@ -86,10 +86,10 @@ def test_zero_for_identical_latents_and_micro_batches_add_up():
     setup = make_setup(12, hidden_teacher=5, hidden_student=5)
     ctx = setup.ctx
     # Same chunk ends on both sides: give the student the teacher's row layout.
-    batch = dict(ctx.batch)
+    batch = dict(setup.batch)
     for key in ("chunks_{}_unconstrained", "chunks_{}_space", "loss_mask_{}", "input_ids_{}"):
         batch[key.format("student")] = batch[key.format("teacher")]
-    same = dataclasses.replace(ctx, batch=batch, student=ctx.teacher)
+    same = dataclasses.replace(setup.with_batch(batch), student=ctx.teacher)
     assert float(alm_latents_loss(same, LatentsOptions(latents_to_align="all_hidden_states+qkv"))[0]) == 0.0
     # l1 normalisation is a micro-batch statistic, but with a fixed scale (qkv with l1
     # is unscaled) micro-batch losses add up exactly.

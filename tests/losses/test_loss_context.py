@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tokenkit.logits import MASKED_LOGIT, mask_padded_vocab, vocab_mask
 from tokenkit.losses import chunks
-from tokenkit.losses.context import build_space_mask, build_vocab_mask, masked_logits
+from tokenkit.losses.context import build_space_mask, masked_logits
 from tokenkit.losses.logprobs import position_stats, token_logprobs_at
 
 TOKENS = ["a", "\u0120the", "\u010a", "\u0109x", "<s>", "", "b\u0120"]
@@ -33,11 +34,14 @@ def test_space_mask_and_vocab_mask_errors():
         build_space_mask(TOKENS, [], space_mask_mode="space+lines")
     with pytest.raises(ValueError, match="outside the vocabulary"):
         build_space_mask(TOKENS, [99])
-    np.testing.assert_array_equal(build_vocab_mask(3, 5), [True, True, True, False, False])
-    with pytest.raises(ValueError, match="smaller"):
-        build_vocab_mask(5, 3)
+    np.testing.assert_array_equal(vocab_mask(3, 5), [True, True, True, False, False])
+    with pytest.raises(ValueError, match="transfer the model"):
+        vocab_mask(5, 3)
     with pytest.raises(ValueError, match="padded vocabulary"):
         masked_logits(jnp.zeros((1, 2, 4)), jnp.ones(5, bool))
+    masked = mask_padded_vocab(jnp.ones((1, 4)), jnp.asarray([True, True, False, False]))
+    np.testing.assert_array_equal(masked, [[1, 1, MASKED_LOGIT, MASKED_LOGIT]])
+    assert masked.dtype == jnp.float32
 
 
 def test_position_stats_match_log_softmax_values_and_gradients():
@@ -53,12 +57,14 @@ def test_position_stats_match_log_softmax_values_and_gradients():
         return target, jnp.log(jnp.exp(logp) @ (subset & vocab)), logp[..., 2]
 
     def ours(x):
-        stats = position_stats(x, vocab, ids, subset)
-        return stats.next_token_logprobs(), stats.subset_logprobs(), token_logprobs_at(x, vocab, stats.log_norm, 2)
+        # The model side masks the padded rows before any loss sees the logits.
+        x = mask_padded_vocab(x, vocab)
+        stats = position_stats(x, ids, subset & vocab)
+        return stats.next_token_logprobs(), stats.subset_logprobs(), token_logprobs_at(x, stats.log_norm, 2)
 
     for a, b in zip(ours(logits), dense(logits)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    stats = position_stats(logits, vocab, ids, subset)
+    stats = position_stats(mask_padded_vocab(logits, vocab), ids, subset & vocab)
     np.testing.assert_allclose(stats.next_token_cross_entropy(), -dense(logits)[0], rtol=1e-5)
     # The hand-written backward pass equals autodiff of the dense form.
     weights = [jnp.asarray(rng.normal(size=x.shape), jnp.float32) for x in dense(logits)]
@@ -73,9 +79,9 @@ def test_position_stats_match_log_softmax_values_and_gradients():
 
 def test_subset_logprobs_stay_finite_where_probabilities_underflow():
     logits = jnp.asarray([[[0.0, -200.0, -205.0]]])
-    stats = position_stats(logits, jnp.ones(3, bool), jnp.zeros((1, 1), jnp.int32), jnp.asarray([False, True, True]))
+    stats = position_stats(logits, jnp.zeros((1, 1), jnp.int32), jnp.asarray([False, True, True]))
     np.testing.assert_allclose(stats.subset_logprobs(), [[np.logaddexp(-200.0, -205.0)]], rtol=1e-6)
-    empty = position_stats(logits, jnp.ones(3, bool), jnp.zeros((1, 1), jnp.int32), jnp.zeros(3, bool))
+    empty = position_stats(logits, jnp.zeros((1, 1), jnp.int32), jnp.zeros(3, bool))
     assert float(empty.subset_logprobs()[0, 0]) == -np.inf
 
 

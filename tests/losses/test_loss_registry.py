@@ -14,19 +14,37 @@ from tokenkit import losses
 
 def test_names_are_the_upstream_ones_and_unknown_names_list_them():
     assert losses.LOSS_NAMES == (
-        "sft", "alm_unconstrained", "alm_space", "alm_unbiased", "alm_latents",
+        "sft", "alm_unconstrained", "alm_space", "alm_unbiased", "alm", "alm_latents",
         "baseline_dskd", "baseline_uld", "baseline_mined",
     )
     with pytest.raises(ValueError, match="alm_unconstrained.*baseline_mined"):
-        losses.get_loss("alm")
+        losses.get_loss("alm_words")
     with pytest.raises(ValueError, match="more than once"):
         losses.get_losses(["sft", "sft"])
+    with pytest.raises(ValueError, match="list only one"):
+        losses.get_losses(["alm", "alm_unbiased"])
+
+
+def test_alm_is_the_upstream_alias_of_alm_unbiased():
+    setup = make_setup(3)
+    alias, unbiased = losses.get_loss("alm"), losses.get_loss("alm_unbiased")
+    assert alias.name == "alm" and alias.chunkings == unbiased.chunkings == ("unbiased",)
+    np.testing.assert_allclose(alias(setup.ctx)[0], unbiased(setup.ctx)[0])
+
+
+def test_the_single_knob_overrides_the_merge_threshold():
+    setup = make_setup(3)
+    low = losses.get_loss("alm_unconstrained", space_merge_threshold=0.95)
+    assert low.options.space_merge_threshold == 0.95
+    default = losses.get_loss("alm_unconstrained")
+    assert default.options.space_merge_threshold == 0.1
+    assert float(low(setup.ctx)[0]) != float(default(setup.ctx)[0])
     with pytest.raises(TypeError):
         losses.get_losses("sft")
 
 
 def test_requirements():
-    by_name = {loss.name: loss for loss in losses.get_losses(list(losses.LOSS_NAMES))}
+    by_name = {name: losses.get_loss(name) for name in losses.LOSS_NAMES}
     assert not by_name["sft"].needs_teacher
     assert all(by_name[n].needs_teacher for n in losses.LOSS_NAMES if n != "sft")
     assert by_name["alm_latents"].needs_hidden_states and not by_name["alm_latents"].needs_attentions
@@ -37,6 +55,7 @@ def test_requirements():
         "alm_unconstrained": ("unconstrained",),
         "alm_space": ("space",),
         "alm_unbiased": ("unbiased",),
+        "alm": ("unbiased",),
         "alm_latents": ("unconstrained",),
         "baseline_mined": ("unconstrained",),
     }
@@ -74,14 +93,16 @@ def test_bad_gin_option_fails_when_the_loss_is_built():
 
 def test_every_loss_runs_under_jit_with_finite_gradients():
     setup = make_setup(32, hidden_teacher=5, hidden_student=5)
-    all_losses = losses.get_losses(list(losses.LOSS_NAMES))
+    all_losses = losses.get_losses([n for n in losses.LOSS_NAMES if n != "alm"])
     params = losses.init_loss_params(all_losses, jax.random.key(0), 5, 5)
     assert set(params) == {"projector_query", "projector_s2t", "projector_t2s"}
     ctx = dataclasses.replace(setup.ctx, params=params)
 
     @jax.jit
     def step(student_logits, params):
-        c = dataclasses.replace(ctx, params=params, student=dataclasses.replace(ctx.student, logits=student_logits))
+        c = dataclasses.replace(ctx, params=params, student=setup.student_outputs(
+            student_logits, hidden_states=ctx.student.hidden_states, attentions=ctx.student.attentions,
+            output_embeddings=ctx.student.output_embeddings))
         values = [loss(c) for loss in all_losses]
         return jnp.stack([v for v, _ in values]), [d for _, d in values]
 

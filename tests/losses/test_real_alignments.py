@@ -16,14 +16,9 @@ from tests.conftest import DATA_DIR
 from tests.losses import dense_reference as dense
 from tokenkit import align, tokenizer_info
 from tokenkit.byteify import load_byteify_tokenizer
-from tokenkit.losses import (
-    AlmOptions,
-    LossContext,
-    ModelOutputs,
-    TokenizerConstants,
-    build_space_mask,
-    build_vocab_mask,
-)
+from tests.losses.support import as_batch, masked_outputs
+from tokenkit.logits import vocab_mask
+from tokenkit.losses import AlmOptions, LossContext, TokenizerConstants, build_space_mask
 from tokenkit.losses.alm import alm_loss
 from tokenkit.losses.mined import baseline_mined_loss
 
@@ -64,7 +59,7 @@ def _constants(tokenizer):
     space = build_space_mask(tokens, tokenizer.all_special_ids, padded_size=padded)
     eos = tokenizer.family.slot("eos")
     eos_id = tokenizer.convert_tokens_to_ids(list(eos))[-1] if eos else 0
-    return TokenizerConstants(jnp.asarray(space), jnp.asarray(build_vocab_mask(n, padded)), eos_id), padded
+    return TokenizerConstants(jnp.asarray(space), jnp.asarray(vocab_mask(n, padded)), eos_id), padded
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +110,10 @@ def _build(tiny_tokenizer_specs, kind):
     t_logits = jnp.asarray(rng.normal(size=(len(texts), len_t, t_vocab)) * 3, jnp.float32)
     s_logits = jnp.asarray(rng.normal(size=(len(texts), len_s, s_vocab)) * 3, jnp.float32)
     ctx = LossContext(
-        batch, ModelOutputs(s_logits), s_const, ModelOutputs(t_logits), t_const,
-        mined_mapping=mapping,
+        as_batch(batch), masked_outputs(s_logits, s_const), s_const, masked_outputs(t_logits, t_const),
+        t_const, mined_mapping=mapping,
     )
-    return ctx, kinds
+    return ctx, kinds, batch
 
 
 @pytest.mark.parametrize(
@@ -127,12 +122,12 @@ def _build(tiny_tokenizer_specs, kind):
     ids=["default", "append_abs", "eos"],
 )
 def test_alm_equals_dense_on_real_chunk_ids(setup, options):
-    ctx, kinds = setup
-    assert int(jnp.sum(ctx.batch["chunks_teacher_unconstrained"] >= 0)) > 20
+    ctx, kinds, batch = setup
+    assert int(jnp.sum(batch["chunks_teacher_unconstrained"] >= 0)) > 20
     for kind in kinds:
         ours, _ = alm_loss(ctx, kind, options)
         ref, _ = dense.alm_dense(
-            ctx.batch, ctx.student.logits, ctx.teacher.logits, chunking=kind,
+            batch, ctx.student.logits, ctx.teacher.logits, chunking=kind,
             student_vocab_mask=ctx.student_constants.vocab_mask,
             teacher_vocab_mask=ctx.teacher_constants.vocab_mask,
             student_space_mask=ctx.student_constants.space_mask,
@@ -144,10 +139,10 @@ def test_alm_equals_dense_on_real_chunk_ids(setup, options):
 
 
 def test_mined_equals_dense_with_the_committed_mapping(build):
-    ctx, _ = build("subword")
+    ctx, _, batch = build("subword")
     ours, diag = baseline_mined_loss(ctx)
     ref = dense.mined_dense(
-        ctx.batch, ctx.student.logits, ctx.teacher.logits, ctx.mined_mapping,
+        batch, ctx.student.logits, ctx.teacher.logits, ctx.mined_mapping,
         ctx.student_constants.vocab_mask, ctx.teacher_constants.vocab_mask,
     )
     np.testing.assert_allclose(ours, ref, rtol=1e-5)

@@ -20,7 +20,7 @@ def test_matches_dense_value_and_gradient():
     np.testing.assert_allclose(diag["micro_batch_ce"], ref, rtol=1e-6)
 
     def ours(logits):
-        return sft_loss(dataclasses.replace(setup.ctx, student=ModelOutputs(logits)))[0]
+        return sft_loss(dataclasses.replace(setup.ctx, student=setup.student_outputs(logits)))[0]
 
     np.testing.assert_allclose(
         jax.grad(ours)(setup.student_logits),
@@ -36,7 +36,7 @@ def test_runs_without_teacher_and_padded_rows_get_no_mass():
     # Raising the padded vocabulary rows' logits must not change the loss.
     padded = ~np.asarray(setup.student_constants.vocab_mask)
     bumped = setup.student_logits + 50.0 * padded
-    loss2, _ = sft_loss(dataclasses.replace(ctx, student=ModelOutputs(bumped)))
+    loss2, _ = sft_loss(dataclasses.replace(ctx, student=setup.student_outputs(bumped)))
     np.testing.assert_allclose(loss, loss2, rtol=1e-6)
 
 
@@ -50,4 +50,4 @@ def test_micro_batches_add_up_and_mask_excludes():
     free = np.zeros_like(mask)
     free[:, :-1] = ~mask[:, 1:]
     noisy = setup.student_logits + 7.0 * free[..., None] * np.random.default_rng(0).normal(size=setup.student_logits.shape)
-    np.testing.assert_allclose(sft_loss(dataclasses.replace(setup.ctx, student=ModelOutputs(noisy)))[0], whole, rtol=1e-6)
+    np.testing.assert_allclose(sft_loss(dataclasses.replace(setup.ctx, student=setup.student_outputs(noisy)))[0], whole, rtol=1e-6)

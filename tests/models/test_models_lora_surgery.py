@@ -10,13 +10,13 @@ import numpy as np
 import optax
 import pytest
 
+from tokenkit.logits import mask_padded_vocab, vocab_mask
 from tokenkit.models import (
     LoraConfig,
     Transformer,
     embedding_matrices,
     init_lora,
     load_pretrained,
-    logit_mask,
     merge_lora,
     padded_size,
     replace_vocabulary,
@@ -137,7 +137,7 @@ def test_replace_vocabulary_pads_and_keeps_tied_models_tied(gemma3):
     ids, mask = _batch(100)
     logits = _logits(Transformer(cfg2), {"params": p2}, ids, mask)
     assert logits.shape == (2, 7, 128)
-    masked = logits + logit_mask(100, 128)
+    masked = mask_padded_vocab(logits, vocab_mask(100, 128))
     assert np.all(jnp.argmax(masked, -1) < 100)
 
 
@@ -182,11 +182,3 @@ def test_vocabulary_errors(gemma3):
         replace_vocabulary(config, params, np.zeros((50, 16)))
     with pytest.raises(ValueError, match="Cannot trim"):
         trim_vocabulary(config, params, 1000)
-
-
-def test_logit_mask_values():
-    mask = logit_mask(3, 5)
-    assert mask.dtype == np.float32
-    np.testing.assert_array_equal(mask[:3], 0)
-    assert np.all(mask[3:] < -1e38) and np.all(np.isfinite(mask))
-    assert logit_mask(2, 4, jnp.bfloat16).dtype == jnp.bfloat16

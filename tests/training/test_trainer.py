@@ -164,7 +164,8 @@ def test_lora_transfer_keeps_the_teacher_frozen(tiny_model, tmp_path):
     _configure(
         tiny_model, "train.steps = 2", "train.losses = ['sft', 'alm_unconstrained']",
         f"build_run.target_tokenizer = '{GEMMA2}'",
-        "build_run.train_model_mode = 'lora'", "build_run.lora_rank = 4",
+        "build_run.train_model_mode = 'lora'", "build_run.lora = @LoraConfig()",
+        "LoraConfig.rank = 4",
     )
     result = trainer.train(tmp_path / "lora")
     assert result["student/bits_per_byte"] > 0 and result["teacher/bits_per_byte"] > 0
@@ -244,7 +245,7 @@ def test_each_cross_tokenizer_loss_trains(tiny_model, tmp_path, loss):
     _configure(
         tiny_model, "train.steps = 2", f"train.losses = ['sft', '{loss}']",
         f"build_run.target_tokenizer = '{GEMMA2}'",
-        f"build_run.tokenizer_pair_data_path = '{DATA_DIR}/tokenizer_pairs/llama3_bpe__gemma2_sp'",
+        f"TokenizerPair.path = '{DATA_DIR}/tokenizer_pairs/llama3_bpe__gemma2_sp'",
     )
     trainer.train(tmp_path / loss)
     last = [r for r in read_metrics(tmp_path / loss) if r["split"] == "train"][-1]
@@ -266,25 +267,25 @@ def test_lm_eval_tasks_at_evaluation(tiny_model, tmp_path):
 
 def test_answer_bits_per_byte_scores_only_the_answer(tiny_model):
     import math
-    import types
 
     import jax.numpy as jnp
 
     from tokenkit import prompts
     from tokenkit.byteify import load_byteify_tokenizer
+    from tokenkit.evaluation.model import EvalModel
     from tokenkit.models import load_pretrained
 
     tokenizer = load_byteify_tokenizer(LLAMA3)
     config, params = load_pretrained(tiny_model)
-    side = types.SimpleNamespace(model=make_transformer(config))
+    model = EvalModel.build(config, params, tokenizer)
     chat = [{"role": "user", "content": "Reverse: abc"}, {"role": "assistant", "content": "cba"}]
-    got = evaluator.answer_bits_per_byte(side, {"params": params}, tokenizer, [chat])
+    got = evaluator.answer_bits_per_byte(model, [chat])
 
     prompt = prompts.encode_prompt(
         prompts.preprocess_messages(chat[:1], add_generation_prompt=True), tokenizer).ids
     answer = prompts.encode_prompt("cba", tokenizer).ids
     ids = jnp.asarray([list(prompt) + list(answer)])
-    logits = side.model.apply({"params": params}, ids, jnp.ones_like(ids)).logits[0]
+    logits = make_transformer(config).apply({"params": params}, ids, jnp.ones_like(ids)).logits[0]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     expected = -sum(float(logp[len(prompt) + i - 1, t]) for i, t in enumerate(answer))
     assert got == pytest.approx(expected / math.log(2) / 3, rel=1e-5)

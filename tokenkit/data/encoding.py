@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from tokenkit import families, prompts
+from tokenkit import prompts
+from tokenkit.batch import Batch, ChunkIds, SideBatch
 from tokenkit.byteify import ByteifyTokenizer
 
 LOSS_MASK_MODES = (None, "assistant", "dolly", "openmath2")
@@ -120,29 +121,18 @@ class SideEncoder:
         return ids[: self.max_length], len(ids) > self.max_length
 
     def _encode_messages(self, messages: list[Mapping[str, str]]) -> tuple[list[int], list[bool], bool]:
-        # Encoding the prompt piece by piece gives the same ids as encoding it whole
-        # (encode_prompt cuts at every slot marker), and tells which ids are assistant text.
-        pieces: list[tuple[str, bool]] = [(families.slot_marker("bos"), False)]
-        for message in messages:
-            role = message["role"]
-            header = prompts.preprocess_messages([message])[len(families.slot_marker("bos")):]
-            body_start = header.index(families.slot_marker("end_header")) + len(
-                families.slot_marker("end_header")
-            )
-            pieces.append((header[:body_start], False))
-            pieces.append((header[body_start:], role == "assistant"))
-        ids: list[int] = []
-        mask: list[bool] = []
-        assistant_only = self.loss_mask_mode == "assistant"
-        for text, is_assistant in pieces:
-            encoded = prompts.encode_prompt(text, self.tokenizer)
-            ids.extend(encoded.ids)
-            mask.extend([is_assistant or not assistant_only] * len(encoded.ids))
-        truncated = len(ids) > self.max_length
-        return ids[: self.max_length], mask[: self.max_length], truncated
+        encoded = prompts.encode_prompt(
+            prompts.preprocess_messages(messages), self.tokenizer, max_length=self.max_length
+        )
+        if self.loss_mask_mode == "assistant":
+            # The content and the end-of-turn tokens of assistant messages.
+            mask = encoded.mask(roles=("assistant",), parts=("content", "end"))
+        else:
+            mask = [True] * len(encoded.ids)
+        return list(encoded.ids), mask, encoded.truncated
 
-    def __call__(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """`input_ids`, `attention_mask`, `loss_mask` (`[max_length]`) and `truncated`."""
+    def __call__(self, record: Mapping[str, Any]) -> SideBatch:
+        """One row: `input_ids`, `attention_mask`, `loss_mask` (`[max_length]`), `truncated`."""
         encoded = self.encode(record)
         n = len(encoded.ids)
         input_ids = np.full(self.max_length, self.pad_id, np.int32)
@@ -151,26 +141,24 @@ class SideEncoder:
         attention_mask[:n] = True
         loss_mask = np.zeros(self.max_length, np.bool_)
         loss_mask[:n] = encoded.loss_mask
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "loss_mask": loss_mask,
-            "truncated": np.bool_(encoded.truncated),
-        }
+        return SideBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            loss_mask=loss_mask,
+            truncated=np.bool_(encoded.truncated),
+        )
 
 
 @dataclasses.dataclass
 class PairEncoder:
     """Encodes records for a teacher and a student tokenizer and aligns them.
 
-    Produces the batch keys of ARCHITECTURE.md ("A training batch"): for each side
-    `input_ids_*`, `attention_mask_*`, `loss_mask_*`, `truncated_*`, and for each
-    requested chunking `chunks_teacher_<kind>` / `chunks_student_<kind>`. The aligner's
-    side `a` is the teacher, `b` the student.
+    Produces one row of a `tokenkit.batch.Batch`: both sides, and the chunk ids of each
+    requested chunking (the aligner's side `a` is the teacher, `b` the student).
 
     Args:
-      teacher, student: the two `SideEncoder`s (teacher None: student keys only, for
-        runs without a teacher).
+      teacher, student: the two `SideEncoder`s (teacher None: student only, for runs
+        without a teacher).
       aligner: a `tokenkit.align.Aligner` for the pair (None: no chunk ids, e.g. when
         only the SFT loss runs).
       chunkings: which chunkings to compute (`unconstrained`, `space`, `unbiased`).
@@ -181,41 +169,37 @@ class PairEncoder:
     aligner: Any = None
     chunkings: tuple[str, ...] = ("unconstrained", "space")
 
-    def __call__(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        out = {}
-        sides = {"student": self.student(record)}
-        if self.teacher is not None:
-            sides["teacher"] = self.teacher(record)
-        for side, arrays in sides.items():
-            for key, value in arrays.items():
-                out[f"{key}_{side}"] = value
-        if self.aligner is not None and self.chunkings and self.teacher is not None:
+    def __call__(self, record: Mapping[str, Any]) -> Batch:
+        student = self.student(record)
+        teacher = None if self.teacher is None else self.teacher(record)
+        chunks = {}
+        if self.aligner is not None and self.chunkings and teacher is not None:
             chunkings = self.aligner.chunk_ids(
-                sides["teacher"]["input_ids"], sides["student"]["input_ids"],
-                sides["teacher"]["attention_mask"], sides["student"]["attention_mask"],
-                kinds=self.chunkings,
+                teacher.input_ids, student.input_ids, teacher.attention_mask,
+                student.attention_mask, kinds=self.chunkings,
             )
-            for kind, chunking in chunkings.items():
-                out[f"chunks_teacher_{kind}"] = chunking.chunks_a.astype(np.int32)
-                out[f"chunks_student_{kind}"] = chunking.chunks_b.astype(np.int32)
-        return out
+            chunks = {
+                kind: ChunkIds(teacher=c.chunks_a.astype(np.int32), student=c.chunks_b.astype(np.int32))
+                for kind, c in chunkings.items()
+            }
+        return Batch(student=student, teacher=teacher, chunks=chunks)
 
 
 @dataclasses.dataclass
 class StreamEncoder:
     """Encodes records for one tokenizer without padding, for packed pretraining.
 
-    Outputs variable-length `input_ids_<side>` and `loss_mask_<side>`; the pipeline's
-    packing (`make_dataset(pack_length=...)`) concatenates them into full rows. The
-    encoder's `max_length` only caps pathological records (flagged `truncated`).
+    Outputs variable-length `input_ids` and `loss_mask` (a dict: the packer's format);
+    the pipeline's packing (`make_dataset(pack_length=...)`) concatenates them into full
+    rows and makes student-only `Batch` rows of them. The encoder's `max_length` only
+    caps pathological records (flagged `truncated`).
     """
 
     encoder: SideEncoder
-    side: str = "student"
 
     def __call__(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
         encoded = self.encoder.encode(record)
         return {
-            f"input_ids_{self.side}": np.asarray(encoded.ids, np.int32),
-            f"loss_mask_{self.side}": np.asarray(encoded.loss_mask, np.bool_),
+            "input_ids": np.asarray(encoded.ids, np.int32),
+            "loss_mask": np.asarray(encoded.loss_mask, np.bool_),
         }

@@ -18,7 +18,9 @@ import grain
 import jax
 import numpy as np
 
-Transform = Callable[[Mapping[str, Any]], Mapping[str, np.ndarray]]
+from tokenkit.batch import Batch, SideBatch
+
+Transform = Callable[[Mapping[str, Any]], Any]
 
 
 class _MapTransform(grain.transforms.Map):
@@ -27,7 +29,7 @@ class _MapTransform(grain.transforms.Map):
     def __init__(self, fn: Transform):
         self.fn = fn
 
-    def map(self, element: Mapping[str, Any]) -> Mapping[str, np.ndarray]:
+    def map(self, element: Mapping[str, Any]) -> Any:
         return self.fn(element)
 
 
@@ -44,23 +46,22 @@ def make_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     pack_length: int | None = None,
-    pack_keys: Sequence[str] = (),
 ) -> grain.IterDataset:
-    """An iterable of batches (dicts of `[batch_size // process_count, ...]` arrays).
+    """An iterable of batches (`Batch`es of `[batch_size // process_count, ...]` arrays).
 
     Args:
       source: a random-access source (`tokenkit.data.sources`) or an `IterDataset`
         (seqio), whose order and sharding are then the source's own.
-      transform: record -> dict of fixed-shape numpy arrays.
+      transform: record -> one `Batch` row of fixed-shape numpy arrays (or, with
+        `pack_length`, a dict of variable-length `input_ids` / `loss_mask`).
       batch_size: the *global* batch size; each process produces its share.
       seed: fixes the order (and each epoch's reshuffle).
       num_epochs: passes over the data (None: forever).
       num_workers: Grain worker processes (0: encode in the main process).
-      pack_length, pack_keys: concatenate the transform's variable-length 1-D outputs
-        `pack_keys` into one stream and cut it into rows of `pack_length`
-        (pretraining-style packing: every position holds a real token, and an example
-        attends to the ones before it in its row). Adds `attention_mask_<suffix>` for
-        each packed `input_ids_<suffix>`.
+      pack_length: concatenate the transform's variable-length outputs into one stream
+        and cut it into student rows of `pack_length` (pretraining-style packing: every
+        position holds a real token, and an example attends to the ones before it in
+        its row).
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -79,11 +80,9 @@ def make_dataset(
             dataset = dataset[process_index::process_count]
         dataset = dataset.map(_MapTransform(transform)).to_iter_dataset()
     if pack_length is not None:
-        if not pack_keys:
-            raise ValueError("pack_length needs pack_keys: the 1-D features to pack.")
         dataset = grain.experimental.ConcatThenSplitIterDataset(
-            dataset, length_struct={k: pack_length for k in pack_keys}
-        ).map(_PackedMasks())
+            dataset, length_struct={k: pack_length for k in PACKED_KEYS}
+        ).map(_PackedRow())
     dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
     if num_workers > 0:
         dataset = dataset.mp_prefetch(
@@ -94,15 +93,17 @@ def make_dataset(
     return dataset
 
 
-class _PackedMasks(grain.transforms.Map):
-    """Drops the packer's bookkeeping and marks every packed position as real."""
+PACKED_KEYS = ("input_ids", "loss_mask")
 
-    def map(self, element: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {k: v for k, v in element.items()
-               if not k.endswith(("_positions", "_segment_ids"))}
-        for key in list(out):
-            if key.startswith("input_ids"):
-                mask_key = "attention_mask" + key.removeprefix("input_ids")
-                out[mask_key] = element[key + "_segment_ids"] > 0
-        return out
 
+class _PackedRow(grain.transforms.Map):
+    """A packed row (the packer's dict) as a student-only `Batch` row; every position
+    the packer filled is real."""
+
+    def map(self, element: Mapping[str, np.ndarray]) -> Batch:
+        return Batch(student=SideBatch(
+            input_ids=element["input_ids"],
+            attention_mask=element["input_ids_segment_ids"] > 0,
+            loss_mask=element["loss_mask"],
+            truncated=np.bool_(False),
+        ))

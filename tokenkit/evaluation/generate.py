@@ -46,8 +46,10 @@ import numpy as np
 from absl import logging
 
 from tokenkit.evaluation import ensemble
-from tokenkit.evaluation.model import EvalModel, Forward
+from tokenkit.evaluation.model import EvalModel
+from tokenkit.evaluation.scoring import bucket_length, plan_batches
 from tokenkit.models import KVCache, init_cache
+from tokenkit.models.side import Forward
 from tokenkit.progress import Progress
 
 Array = jax.Array
@@ -166,14 +168,6 @@ class DecodeState:
     step: Array  # scalar
 
 
-def bucket_length(n: int, lengths: Sequence[int]) -> int:
-    """The smallest of `lengths` (ascending) that is >= n."""
-    for length in lengths:
-        if length >= n:
-            return length
-    raise ValueError(f"{n} tokens exceed the largest bucket length {lengths[-1]}")
-
-
 def cut_at_stop_sequences(text: str, until: Sequence[str]) -> tuple[str, bool]:
     """`text` up to the earliest occurrence of any of `until`, and whether one occurred."""
     cut = min((i for i in (text.find(s) for s in until if s) if i >= 0), default=-1)
@@ -219,7 +213,7 @@ def _prefill(forwards, params, input_ids, masks, caches):
     are computed: the last prompt token is the first thing the decode loop feeds, so a
     `[B, T, V]` logits array never exists."""
     return tuple(
-        forward(p, ids, mask, cache=cache, expansion=expansion, return_logits=False)[1]
+        forward(p, ids, mask, cache=cache, expansion=expansion, return_logits=False).cache
         for forward, (p, expansion), ids, mask, cache in zip(forwards, params, input_ids, masks, caches)
     )
 
@@ -249,10 +243,10 @@ def _decode(forwards, vocabulary, strategy, params, state: DecodeState, limit, *
                 # The window ends with the pending token, so its last expanded id is the
                 # one the full sequence would give it.
                 expanded = expansion.apply(s.histories[i], s.history_masks[i])[:, -1:]
-            out, cache = forward(p, s.histories[i][:, -1:], feed_mask, cache=s.caches[i],
-                                 expanded_input_ids=expanded)
-            logits.append(out[:, -1])
-            caches.append(cache)
+            out = forward(p, s.histories[i][:, -1:], feed_mask, cache=s.caches[i],
+                          expanded_input_ids=expanded)
+            logits.append(out.logits[:, -1])
+            caches.append(out.cache)
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.keys, s.step)
         token = sample_tokens(combine_unified(logits, vocabulary, strategy), keys, sampling)
         token = jnp.where(active, token, 0)
@@ -341,7 +335,7 @@ class Generator:
             [m.tokenizer for m in self.models], [m.stop_ids for m in self.models]
         )
         self._prefill, self._decode = compiled_functions(
-            tuple(m.forward_fn for m in self.models), self.vocabulary, combine_strategy
+            tuple(m.forward for m in self.models), self.vocabulary, combine_strategy
         )
 
     # ------------------------------------------------------------------ host side
@@ -392,22 +386,16 @@ class Generator:
                 "(largest bucket %d minus max_new_tokens %d).",
                 truncated, room, self.lengths[-1], max_new_tokens,
             )
-        longest = [max(len(ids) for ids in per_member) for per_member in encoded]
-        order = sorted(range(len(prompts)), key=lambda i: -longest[i])
+        longest = [max(len(ids) for ids in per_member) + max_new_tokens for per_member in encoded]
         results: list[GenerationResult | None] = [None] * len(prompts)
         progress = Progress(len(prompts), "generating", unit="prompts",
                             enabled=self.show_progress)
-        start = 0
-        while start < len(order):
-            bucket = bucket_length(longest[order[start]] + max_new_tokens, self.lengths)
-            rows = max(1, self.tokens_per_batch // bucket)
-            batch = order[start:start + rows]
+        for bucket, rows, batch in plan_batches(longest, self.lengths, self.tokens_per_batch):
             for index, result in zip(batch, self._generate_batch(
                 [encoded[i] for i in batch], batch, rows, bucket, max_new_tokens,
                 until, sampling, seed,
             )):
                 results[index] = result
-            start += len(batch)
             progress.update(len(batch))
         progress.close()
         return results  # type: ignore[return-value]

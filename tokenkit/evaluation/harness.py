@@ -76,7 +76,7 @@ def as_eval_model(
                 f"An in-memory model is a (config, params, tokenizer) triple; got {len(model)} items"
             )
         config, params, triple_tokenizer = model
-        return EvalModel.create(
+        return EvalModel.build(
             config, params, triple_tokenizer, add_bos=add_bos, dtype=dtype, name="in-memory model"
         )
     if tokenizer is None:

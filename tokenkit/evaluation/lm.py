@@ -49,7 +49,8 @@ from lm_eval import utils as lm_eval_utils
 
 from tokenkit import families, prompts
 from tokenkit.evaluation import ensemble, generate, scoring
-from tokenkit.evaluation.model import EvalModel, Forward, load_eval_model
+from tokenkit.evaluation.model import EvalModel, load_eval_model
+from tokenkit.models.side import Forward
 from tokenkit.progress import Progress
 
 # model_args spellings of the upstream option names -> our keyword arguments.
@@ -87,7 +88,7 @@ def has_slot_markers(text: str) -> bool:
 def _ensemble_score(forwards, vocabulary, strategy, params, input_ids, masks, positions,
                     labels, label_mask):
     logits = [
-        forward(p, ids, mask, expansion=expansion)[0]
+        forward(p, ids, mask, expansion=expansion).logits
         for forward, (p, expansion), ids, mask in zip(forwards, params, input_ids, masks)
     ]
     return ensemble.score_aligned(logits, positions, labels, label_mask, vocabulary, strategy)
@@ -229,7 +230,7 @@ class TokenkitLM(LM):
             show_progress=show_progress,
         )
         self._ensemble_score = compiled_ensemble_score(
-            tuple(m.forward_fn for m in self.models), self.vocabulary, combine_strategy
+            tuple(m.forward for m in self.models), self.vocabulary, combine_strategy
         )
         self._inverse = [
             self.vocabulary.inverse(i, m.config.vocab_size) for i, m in enumerate(self.models)
@@ -322,35 +323,17 @@ class TokenkitLM(LM):
             return self._score_single([row[0] for row in fitted], what)
         return self._score_ensemble(fitted, what)
 
-    def _buckets(self, lengths: Sequence[int]) -> dict[int, list[int]]:
-        """Indices grouped by bucket length, longest first within each bucket."""
-        groups: dict[int, list[int]] = {}
-        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-            groups.setdefault(generate.bucket_length(lengths[i], self.lengths), []).append(i)
-        return groups
-
     def _score_single(self, items: list[tuple[list[int], int]], what: str) -> list[tuple[float, bool]]:
-        model = self.models[0]
-        out: list[tuple[float, bool]] = [(0.0, True)] * len(items)
-        progress = Progress(len(items), what, unit="requests", enabled=self.show_progress)
-        for bucket, indices in sorted(self._buckets([len(ids) for ids, _ in items]).items()):
-            scores = scoring.score_sequences(
-                model.module,
-                {"params": model.params},
-                [items[i][0] for i in indices],
-                [items[i][1] for i in indices],
-                batch_size=max(1, self.tokens_per_batch // bucket),
-                buckets=(bucket,),
-                num_real_tokens=len(model.tokenizer),
-                expansion=model.expansion,
-                pad_id=model.pad_id,
-                show_progress=False,
-            )
-            for i, score in zip(indices, scores):
-                out[i] = (score.loglik, score.is_greedy)
-            progress.update(len(indices))
-        progress.close()
-        return out
+        logging.info("%s: %d requests.", what, len(items))
+        scores = scoring.score_sequences(
+            self.models[0],
+            [ids for ids, _ in items],
+            [start for _, start in items],
+            tokens_per_batch=self.tokens_per_batch,
+            buckets=self.lengths,
+            show_progress=self.show_progress,
+        )
+        return [(score.loglik, score.is_greedy) for score in scores]
 
     def _unified_labels(self, per_model: list[tuple[list[int], int]]) -> list[int]:
         """The scored tokens as unified indices; every model must have the same ones."""
@@ -382,29 +365,26 @@ class TokenkitLM(LM):
         params = tuple((m.params, m.expansion) for m in self.models)
         out: list[tuple[float, bool]] = [(0.0, True)] * len(items)
         progress = Progress(len(items), what, unit="requests", enabled=self.show_progress)
-        for bucket, indices in sorted(self._buckets(longest).items()):
-            rows = max(1, self.tokens_per_batch // bucket)
-            for first in range(0, len(indices), rows):
-                batch = indices[first:first + rows]
-                ids = [np.full((rows, bucket), m.pad_id, np.int32) for m in self.models]
-                masks = [np.zeros((rows, bucket), np.int32) for _ in self.models]
-                positions = [np.zeros((rows, bucket), np.int32) for _ in self.models]
-                unified = np.zeros((rows, bucket), np.int32)
-                label_mask = np.zeros((rows, bucket), bool)
-                for r, i in enumerate(batch):
-                    for m, (seq, start) in enumerate(items[i]):
-                        ids[m][r, : len(seq)] = seq
-                        masks[m][r, : len(seq)] = 1
-                        k = len(seq) - start
-                        positions[m][r, :k] = np.arange(start - 1, len(seq) - 1)
-                    unified[r, : len(labels[i])] = labels[i]
-                    label_mask[r, : len(labels[i])] = True
-                loglik, greedy = jax.device_get(self._ensemble_score(
-                    params, tuple(ids), tuple(masks), tuple(positions), unified, label_mask
-                ))
-                for r, i in enumerate(batch):
-                    out[i] = (float(loglik[r]), bool(greedy[r]))
-                progress.update(len(batch))
+        for bucket, rows, batch in scoring.plan_batches(longest, self.lengths, self.tokens_per_batch):
+            ids = [np.full((rows, bucket), m.pad_id, np.int32) for m in self.models]
+            masks = [np.zeros((rows, bucket), np.int32) for _ in self.models]
+            positions = [np.zeros((rows, bucket), np.int32) for _ in self.models]
+            unified = np.zeros((rows, bucket), np.int32)
+            label_mask = np.zeros((rows, bucket), bool)
+            for r, i in enumerate(batch):
+                for m, (seq, start) in enumerate(items[i]):
+                    ids[m][r, : len(seq)] = seq
+                    masks[m][r, : len(seq)] = 1
+                    k = len(seq) - start
+                    positions[m][r, :k] = np.arange(start - 1, len(seq) - 1)
+                unified[r, : len(labels[i])] = labels[i]
+                label_mask[r, : len(labels[i])] = True
+            loglik, greedy = jax.device_get(self._ensemble_score(
+                params, tuple(ids), tuple(masks), tuple(positions), unified, label_mask
+            ))
+            for r, i in enumerate(batch):
+                out[i] = (float(loglik[r]), bool(greedy[r]))
+            progress.update(len(batch))
         progress.close()
         return out
 

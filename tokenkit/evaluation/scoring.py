@@ -1,31 +1,37 @@
-"""Log-likelihoods of token sequences and texts under a `Transformer`, batched and jitted.
+"""Log-likelihoods of token sequences and texts under a model, batched and jitted.
 
 Three layers, each usable alone:
 
-- `next_token_logprobs(logits, input_ids)`: per-token log-probs and greedy flags from
-  logits (pure; for callers with their own forward pass);
-- `score_sequences(model, variables, sequences, score_from)`: sums of log-probs of the
-  tokens `score_from..` of each id sequence. Sequences are grouped into length buckets
-  (`buckets`, right padding) and fixed-size batches, so each bucket compiles once;
-  results come back in input order and do not depend on padding or grouping;
-- `score_texts(model, variables, tokenizer, texts)`: per text, the natural-log
-  likelihood of its tokens (the first token, bos or not, has no prediction and is not
-  scored), the number of scored tokens, its UTF-8 bytes and bits per byte
-  (`-loglik / ln 2 / n_bytes`). Texts longer than `max_length` tokens are scored in
-  sliding windows (each window `max_length` tokens, later windows scoring `stride` new
-  tokens with the rest as context), and the number of windowed texts is logged.
+- `tokenkit.logits.next_token_logprobs(logits, input_ids)`: per-token log-probs and
+  greedy flags from (masked) logits, for callers with their own forward pass;
+- `score_sequences(model, sequences, score_from)`: sums of log-probs of the tokens
+  `score_from..` of each id sequence, run through the model side's one forward pass
+  (`tokenkit.models.side`, which applies input-id expansion and masks the padded
+  vocabulary). Batches are planned by `plan_batches`: sequences sorted by length, each
+  padded to the smallest bucket length that holds it (`default_buckets`: powers of two
+  up to 128, then multiples of 128), as many rows per batch as fit `tokens_per_batch`,
+  and a batch's rows rounded up to a power of two only when fewer are left (no fixed
+  row count, so short inputs are not padded with empty rows). Each (rows, length)
+  shape compiles once per process, and once per machine with the persistent
+  compilation cache (`tokenkit.entry`). Results come back in input order and do not
+  depend on padding or grouping;
+- `score_texts(model, texts)`: per text, the natural-log likelihood of its tokens (the
+  first token, bos or not, has no prediction and is not scored), the number of scored
+  tokens, its UTF-8 bytes and bits per byte (`-loglik / ln 2 / n_bytes`). Texts longer
+  than `max_length` tokens are scored in sliding windows (each window `max_length`
+  tokens, later windows scoring `stride` new tokens with the rest as context), and the
+  number of windowed texts is logged.
 
-Logits of vocabulary rows beyond the tokenizer's size (padding from
-`surgery.replace_vocabulary`) are masked out of the softmax. Byte-level models with
-input-id expansion pass `expansion` (a `models.expand.Expansion`); the expanded ids are
-computed inside the jitted step from the batch.
+`model` is anything with a model side's attributes and `params` (an
+`evaluation.model.EvalModel`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -33,14 +39,18 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from tokenkit.byteify import ByteifyTokenizer
+from tokenkit import prompts
+from tokenkit.logits import next_token_logprobs
 from tokenkit.models.expand import Expansion
-from tokenkit.models.surgery import logit_mask
-from tokenkit.models.transformer import Transformer
+from tokenkit.models.side import Forward, check_tokenizer_fits
 from tokenkit.progress import Progress
 
 DEFAULT_MAX_LENGTH = 2048
+DEFAULT_TOKENS_PER_BATCH = 8192
 MIN_BUCKET = 16
+# Above this length, buckets are multiples of it rather than powers of two: padding
+# then wastes at most this many tokens per row.
+BUCKET_STEP = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,57 +100,32 @@ class TextScore:
         }
 
 
-def next_token_logprobs(logits: jax.Array, input_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Log-prob of each token given the ones before it, and whether it was the argmax.
-
-    Args:
-      logits: `[B, L, V]` (already masked where needed).
-      input_ids: `[B, L]`.
-
-    Returns:
-      float32 `[B, L]` log-probs and bool `[B, L]` greedy flags; entry `i` is token `i`
-      predicted from position `i - 1`, entry 0 (no prediction) is 0 / True.
-    """
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    targets = input_ids[:, 1:]
-    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    greedy = jnp.argmax(logp, axis=-1) == targets
-    pad = ((0, 0), (1, 0))
-    return jnp.pad(picked, pad), jnp.pad(greedy, pad, constant_values=True)
-
-
+@functools.partial(jax.jit, static_argnames=("forward",))
 def _score_batch(
-    model: Transformer,
-    variables: Mapping[str, Any],
+    forward: Forward,
+    params: Any,
+    expansion: Expansion | None,
     input_ids: jax.Array,
     attention_mask: jax.Array,
     score_mask: jax.Array,
-    vocab_mask: jax.Array | None,
-    expansion: Expansion | None,
 ) -> tuple[jax.Array, jax.Array]:
-    expanded = None if expansion is None else expansion.apply(input_ids, attention_mask)
-    out = model.apply(variables, input_ids, attention_mask, expanded_input_ids=expanded)
-    logits = out.logits.astype(jnp.float32)
-    if vocab_mask is not None:
-        logits = logits + vocab_mask
+    logits = forward(params, input_ids, attention_mask, expansion=expansion).logits
     logp, greedy = next_token_logprobs(logits, input_ids)
     loglik = jnp.sum(jnp.where(score_mask, logp, 0.0), axis=-1)
     all_greedy = jnp.all(greedy | ~score_mask, axis=-1)
     return loglik, all_greedy
 
 
-_score_batch_jit = jax.jit(_score_batch, static_argnames=("model",))
-
-
 def default_buckets(max_length: int) -> tuple[int, ...]:
-    """Powers of two from `MIN_BUCKET` below `max_length`, then `max_length`."""
+    """Powers of two from `MIN_BUCKET` to `BUCKET_STEP`, then multiples of `BUCKET_STEP`,
+    below `max_length`; then `max_length`."""
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}.")
     buckets = []
     size = MIN_BUCKET
     while size < max_length:
         buckets.append(size)
-        size *= 2
+        size = size * 2 if size < BUCKET_STEP else size + BUCKET_STEP
     return tuple(buckets) + (max_length,)
 
 
@@ -152,51 +137,58 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"A sequence of {length} tokens exceeds the largest bucket ({max(buckets)}).")
 
 
-def _vocab_mask(model: Transformer, num_real_tokens: int | None) -> np.ndarray | None:
-    vocab_size = model.config.vocab_size
-    if num_real_tokens is None or num_real_tokens == vocab_size:
-        return None
-    if num_real_tokens > vocab_size:
-        raise ValueError(
-            f"The tokenizer has {num_real_tokens} tokens but the model only {vocab_size} "
-            "embedding rows; transfer the model to this tokenizer first (python -m tokenkit.zett)."
-        )
-    return logit_mask(num_real_tokens, vocab_size)
+def _power_of_two_at_least(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def plan_batches(
+    lengths: Sequence[int], buckets: Sequence[int], tokens_per_batch: int
+) -> list[tuple[int, int, list[int]]]:
+    """Groups sequences into batches: `(bucket length, rows, indices)` each.
+
+    Sequences go to the smallest bucket holding them, longest first within a bucket.
+    A batch has `tokens_per_batch // bucket` rows (at least 1); where fewer sequences
+    are left, its row count is the next power of two (so only a few shapes compile),
+    and the caller fills the extra rows with a dummy sequence.
+    """
+    if tokens_per_batch < 1:
+        raise ValueError(f"tokens_per_batch must be >= 1, got {tokens_per_batch}.")
+    by_bucket: dict[int, list[int]] = {}
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        by_bucket.setdefault(bucket_length(lengths[i], buckets), []).append(i)
+    plan = []
+    for size in sorted(by_bucket):
+        members = by_bucket[size]
+        full = max(1, tokens_per_batch // size)
+        for first in range(0, len(members), full):
+            rows = members[first : first + full]
+            plan.append((size, min(full, _power_of_two_at_least(len(rows))), rows))
+    return plan
 
 
 def score_sequences(
-    model: Transformer,
-    variables: Mapping[str, Any],
+    model: Any,
     sequences: Sequence[Sequence[int]],
     score_from: int | Sequence[int] = 1,
     *,
-    batch_size: int = 8,
+    tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
     buckets: Sequence[int] | None = None,
-    num_real_tokens: int | None = None,
-    expansion: Expansion | None = None,
-    pad_id: int = 0,
     show_progress: bool = True,
 ) -> list[SequenceScore]:
     """Sums the log-probs of tokens `score_from[i]..` of each sequence (input order kept).
 
     Args:
-      model, variables: the `Transformer` and its `{"params": ..., ["lora": ...]}`.
+      model: an `EvalModel` (a model side and its params).
       sequences: token ids; each must fit the largest bucket.
       score_from: first scored position per sequence (or one for all); at least 1.
-      batch_size: rows per forward pass (a short last batch is padded with dummy rows,
-        so every call of a bucket has the same shape).
+      tokens_per_batch: rows x bucket length of a batch (see `plan_batches`).
       buckets: padded lengths (default `default_buckets(longest sequence)`).
-      num_real_tokens: the tokenizer's size; logits of rows beyond it are masked.
-      expansion: input-id expansion (the params need `expand_embedder`).
-      pad_id: id written into padding positions (masked; any valid id).
       show_progress: log progress lines.
     """
     n = len(sequences)
     starts = [score_from] * n if isinstance(score_from, int) else list(score_from)
     if len(starts) != n:
         raise ValueError(f"score_from has {len(starts)} entries for {n} sequences.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if n == 0:
         return []
     for i, (seq, start) in enumerate(zip(sequences, starts)):
@@ -204,37 +196,29 @@ def score_sequences(
             raise ValueError(f"score_from[{i}] = {start}: the first token has no prediction.")
         if len(seq) == 0:
             raise ValueError(f"Sequence {i} is empty.")
-    longest = max(len(s) for s in sequences)
     if buckets is None:
-        buckets = default_buckets(max(longest, 2))
-    vocab_mask = _vocab_mask(model, num_real_tokens)
-    by_bucket: dict[int, list[int]] = {}
-    for i, seq in enumerate(sequences):
-        by_bucket.setdefault(bucket_length(len(seq), buckets), []).append(i)
+        buckets = default_buckets(max(max(len(s) for s in sequences), 2))
+    forward, pad_id = model.forward, model.pad_id
 
     loglik = np.zeros(n, np.float64)
     greedy = np.zeros(n, bool)
     progress = Progress(n, "scoring", unit="sequences", enabled=show_progress)
-    for size in sorted(by_bucket):
-        members = by_bucket[size]
-        for first in range(0, len(members), batch_size):
-            rows = members[first : first + batch_size]
-            ids = np.full((batch_size, size), pad_id, np.int32)
-            mask = np.zeros((batch_size, size), np.int32)
-            score = np.zeros((batch_size, size), bool)
-            mask[len(rows):, 0] = 1  # dummy rows: one real token, nothing scored
-            for r, i in enumerate(rows):
-                seq = sequences[i]
-                ids[r, : len(seq)] = seq
-                mask[r, : len(seq)] = 1
-                score[r, starts[i] : len(seq)] = True
-            batch_loglik, batch_greedy = _score_batch_jit(
-                model, variables, ids, mask, score, vocab_mask, expansion
-            )
-            batch_loglik, batch_greedy = jax.device_get((batch_loglik, batch_greedy))
-            loglik[rows] = batch_loglik[: len(rows)]
-            greedy[rows] = batch_greedy[: len(rows)]
-            progress.update(len(rows))
+    for size, n_rows, rows in plan_batches([len(s) for s in sequences], buckets, tokens_per_batch):
+        ids = np.full((n_rows, size), pad_id, np.int32)
+        mask = np.zeros((n_rows, size), np.int32)
+        score = np.zeros((n_rows, size), bool)
+        mask[len(rows):, 0] = 1  # filler rows: one real token, nothing scored
+        for r, i in enumerate(rows):
+            seq = sequences[i]
+            ids[r, : len(seq)] = seq
+            mask[r, : len(seq)] = 1
+            score[r, starts[i] : len(seq)] = True
+        batch_loglik, batch_greedy = jax.device_get(
+            _score_batch(forward, model.params, model.expansion, ids, mask, score)
+        )
+        loglik[rows] = batch_loglik[: len(rows)]
+        greedy[rows] = batch_greedy[: len(rows)]
+        progress.update(len(rows))
     progress.close()
     return [
         SequenceScore(float(loglik[i]), max(len(s) - st, 0), bool(greedy[i]))
@@ -243,21 +227,20 @@ def score_sequences(
 
 
 def encode_texts(
-    tokenizer: ByteifyTokenizer, texts: Sequence[str], *, add_bos: bool | None = None
+    tokenizer: Any, texts: Sequence[str], *, add_bos: bool | None = None
 ) -> list[list[int]]:
-    """Ids of each text (no special tokens added), after the family's bos if `add_bos`.
+    """Ids of each text, after the family's bos if `add_bos` (see `prompts.encode_text`).
 
     `add_bos=None` adds bos when the family has one; True for a family without bos is
     an error.
     """
-    bos = tokenizer.bos_token_id
-    if add_bos and bos is None:
+    if add_bos and tokenizer.bos_token_id is None:
         raise ValueError(
             f"add_bos=True but the {tokenizer.family.name} family of {tokenizer!r} has no bos "
             "token; use add_bos=False (or None)."
         )
-    prefix = [bos] if (add_bos or add_bos is None) and bos is not None else []
-    return [prefix + tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    bos = add_bos is None or add_bos
+    return [prompts.encode_text(text, tokenizer, bos=bos) for text in texts]
 
 
 def windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -281,42 +264,40 @@ def windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, i
 
 
 def score_texts(
-    model: Transformer,
-    variables: Mapping[str, Any],
-    tokenizer: ByteifyTokenizer,
+    model: Any,
     texts: Sequence[str],
     *,
     add_bos: bool | None = None,
     max_length: int | None = None,
     stride: int | None = None,
-    batch_size: int = 8,
+    tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
     buckets: Sequence[int] | None = None,
-    expansion: Expansion | None = None,
     show_progress: bool = True,
 ) -> list[TextScore]:
     """Scores each text (see the module docstring for the quantities).
 
     Args:
-      model, variables: the `Transformer` and its variables.
-      tokenizer: the model's `ByteifyTokenizer`.
+      model: an `EvalModel`.
       texts: the texts; empty ones score 0 with 0 tokens.
-      add_bos: see `encode_texts`.
+      add_bos: see `encode_texts` (default: the model's `add_bos`).
       max_length: longest forward pass in tokens (default: the model's
         `max_position_embeddings`, at most `DEFAULT_MAX_LENGTH`); longer texts are
         scored in sliding windows.
       stride: new tokens per later window (default `max_length // 2`).
-      batch_size, buckets, expansion, show_progress: see `score_sequences`.
+      tokens_per_batch, buckets, show_progress: see `score_sequences`.
 
     Raises:
       ValueError: the tokenizer has more tokens than the model has embedding rows.
     """
-    _vocab_mask(model, len(tokenizer))  # fail before encoding anything
+    tokenizer = model.tokenizer
+    check_tokenizer_fits(tokenizer, model.config, model.name)  # before encoding anything
     if max_length is None:
         max_length = min(model.config.max_position_embeddings, DEFAULT_MAX_LENGTH)
     if stride is None:
         stride = max(max_length // 2, 1)
+    if add_bos is None:
+        add_bos = None if model.add_bos else False
     encoded = encode_texts(tokenizer, texts, add_bos=add_bos)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     pieces: list[list[int]] = []
     piece_from: list[int] = []
@@ -339,15 +320,7 @@ def score_texts(
     if buckets is None:
         buckets = default_buckets(max_length)
     scores = score_sequences(
-        model,
-        variables,
-        pieces,
-        piece_from,
-        batch_size=batch_size,
-        buckets=buckets,
-        num_real_tokens=len(tokenizer),
-        expansion=expansion,
-        pad_id=pad_id,
+        model, pieces, piece_from, tokens_per_batch=tokens_per_batch, buckets=buckets,
         show_progress=show_progress,
     )
     loglik = [0.0] * len(texts)
@@ -364,3 +337,9 @@ def score_texts(
         )
         for t, text in enumerate(texts)
     ]
+
+
+def bits_per_byte(scores: Sequence[TextScore]) -> float:
+    """Bits per UTF-8 byte over several scored texts (total log-likelihood / total bytes)."""
+    n_bytes = sum(s.n_bytes for s in scores)
+    return -sum(s.loglik for s in scores) / math.log(2) / max(n_bytes, 1)

@@ -18,8 +18,9 @@ and gets the gradient of the loss of the whole batch. The few statistics that ne
 models' outputs (the merged-chunk count of `merge_by_space_prob`, latent scales, DSKD's
 correct-projection mask) are per micro-batch; docs/losses.md lists them.
 
-Names (as upstream): `sft`, `alm_unconstrained`, `alm_space`, `alm_unbiased`,
-`alm_latents`, `baseline_dskd`, `baseline_uld`, `baseline_mined`. Several losses are
+Names (as upstream): `sft`, `alm_unconstrained`, `alm_space`, `alm_unbiased` (also
+`alm`, the upstream's alias), `alm_latents`, `baseline_dskd`, `baseline_uld`,
+`baseline_mined`. Several losses are
 combined by `aggregation` (weights, schedules, mean/sum, GradMag, GradNorm, PCGrad...).
 See docs/losses.md for every option and a worked example of chunk ids.
 """
@@ -36,11 +37,11 @@ import jax
 from tokenkit.losses import aggregation
 from tokenkit.losses.alm import AlmOptions, alm_loss
 from tokenkit.losses.context import (
+    DEFAULT_SPACE_MASK_MODE,
     LossContext,
     ModelOutputs,
     TokenizerConstants,
     build_space_mask,
-    build_vocab_mask,
 )
 from tokenkit.losses.dskd import DskdOptions, baseline_dskd_loss, init_dskd_params
 from tokenkit.losses.latents import LATENTS_CHUNKS, LatentsOptions, alm_latents_loss, init_latents_params
@@ -68,17 +69,19 @@ class Loss:
     needs_attentions: bool = False
     needs_output_embeddings: bool = False
     needs_mined_mapping: bool = False
-    chunkings: tuple[str, ...] = ()  # which `chunks_*_{chunking}` batch keys it reads
+    chunkings: tuple[str, ...] = ()  # which `Batch.chunks` it reads
     init_params: Callable[[jax.Array, int, int], dict] = _no_params
 
     def __call__(self, ctx: LossContext) -> tuple[jax.Array, dict[str, jax.Array]]:
         return self.fn(ctx)
 
 
-def _alm(chunking: str) -> Loss:
+def _alm(chunking: str, name: str | None = None, space_merge_threshold: float | None = None) -> Loss:
     options = AlmOptions()
+    if space_merge_threshold is not None:
+        options = dataclasses.replace(options, space_merge_threshold=space_merge_threshold)
     return Loss(
-        f"alm_{chunking}",
+        name or f"alm_{chunking}",
         functools.partial(alm_loss, chunking=chunking, options=options),
         options,
         chunkings=(chunking,),
@@ -121,34 +124,50 @@ def _mined() -> Loss:
     )
 
 
-_FACTORIES: dict[str, Callable[[], Loss]] = {
-    "sft": lambda: Loss("sft", sft_loss, needs_teacher=False),
-    "alm_unconstrained": lambda: _alm("unconstrained"),
-    "alm_space": lambda: _alm("space"),
-    "alm_unbiased": lambda: _alm("unbiased"),
-    "alm_latents": _latents,
-    "baseline_dskd": _dskd,
-    "baseline_uld": lambda: Loss("baseline_uld", baseline_uld_loss),
-    "baseline_mined": _mined,
+# name -> factory(space_merge_threshold) (the ALM losses take the override).
+_FACTORIES: dict[str, Callable[[float | None], Loss]] = {
+    "sft": lambda _: Loss("sft", sft_loss, needs_teacher=False),
+    "alm_unconstrained": lambda t: _alm("unconstrained", space_merge_threshold=t),
+    "alm_space": lambda t: _alm("space", space_merge_threshold=t),
+    "alm_unbiased": lambda t: _alm("unbiased", space_merge_threshold=t),
+    # The upstream's name for ALM on the unbiased chunking.
+    "alm": lambda t: _alm("unbiased", "alm", space_merge_threshold=t),
+    "alm_latents": lambda _: _latents(),
+    "baseline_dskd": lambda _: _dskd(),
+    "baseline_uld": lambda _: Loss("baseline_uld", baseline_uld_loss),
+    "baseline_mined": lambda _: _mined(),
 }
 LOSS_NAMES = tuple(_FACTORIES)
 
 
-def get_loss(name: str) -> Loss:
-    """The loss called `name`, options read from Gin now; unknown names list the valid ones."""
+def get_loss(name: str, *, space_merge_threshold: float | None = None) -> Loss:
+    """The loss called `name`, options read from Gin now; unknown names list the valid ones.
+
+    `space_merge_threshold` overrides `AlmOptions.space_merge_threshold` of the ALM
+    losses (`data.pairs.TokenizerPair`'s single knob).
+    """
     if name not in _FACTORIES:
         raise ValueError(f"Unknown loss {name!r}; valid losses: {list(LOSS_NAMES)}.")
-    return _FACTORIES[name]()
+    return _FACTORIES[name](space_merge_threshold)
 
 
-def get_losses(names: Sequence[str]) -> list[Loss]:
+def get_losses(names: Sequence[str], *, space_merge_threshold: float | None = None) -> list[Loss]:
     """`get_loss` for each name; repeated names are an error (their diagnostics would clash)."""
     if isinstance(names, str):
         raise TypeError(f"get_losses takes a list of names, got the string {names!r}.")
     duplicates = sorted({n for n in names if list(names).count(n) > 1})
     if duplicates:
         raise ValueError(f"Losses listed more than once: {duplicates}.")
-    return [get_loss(n) for n in names]
+    if "alm" in names and "alm_unbiased" in names:
+        raise ValueError("'alm' is the upstream's name of 'alm_unbiased'; list only one of them.")
+    return [get_loss(n, space_merge_threshold=space_merge_threshold) for n in names]
+
+
+def space_mask_mode(losses: Sequence[Loss]) -> str:
+    """The space-mask mode the losses use (`AlmOptions.space_mask_mode`; the default when
+    no loss has ALM options)."""
+    modes = {loss.options.space_mask_mode for loss in losses if isinstance(loss.options, AlmOptions)}
+    return modes.pop() if modes else DEFAULT_SPACE_MASK_MODE
 
 
 def init_loss_params(
@@ -173,7 +192,6 @@ __all__ = [
     "TokenizerConstants",
     "aggregation",
     "build_space_mask",
-    "build_vocab_mask",
     "get_loss",
     "get_losses",
     "init_loss_params",

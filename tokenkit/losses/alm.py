@@ -15,7 +15,7 @@ From chunk ids to the loss, per row (`C` chunk slots, see `chunks.num_chunk_slot
    the *next* token starts with a space (or is EOS), which `append_space` adds to the
    chunk's log-likelihood (debiasing: the chunk must also *end* there);
 4. `merge_by_space_prob` merges consecutive chunks until the teacher's probability of
-   a following space exceeds `tokenizer_pair_bias_threshold`: a relabelling of chunk
+   a following space exceeds `space_merge_threshold`: a relabelling of chunk
    ids by an exclusive cumulative sum of those boundaries, then another segment sum;
 5. `distill_chunk_sizes` optionally also compares groups of `k` consecutive chunks;
 6. empty chunks get a large negative log-likelihood, the divergence of each chunk is
@@ -42,9 +42,10 @@ from tokenkit.losses.context import (
     LARGE_NEGATIVE,
     LossContext,
     ModelOutputs,
+    DEFAULT_SPACE_MASK_MODE,
     TokenizerConstants,
-    batch_key,
     check_choice,
+    parse_space_mask_mode,
     safe_divide,
 )
 from tokenkit.losses.divergences import BINARY_DIVERGENCES
@@ -79,7 +80,11 @@ class AlmOptions:
     alm_diff_fn: the binarised divergence, one of `divergences.BINARY_DIVERGENCES`.
     binarization_temp: temperature T, compare `y ** (1/T)` rather than `y`.
     renyi_alpha: order of the `renyi` divergence.
-    tokenizer_pair_bias_threshold: space probability above which a merged chunk ends.
+    space_merge_threshold: space probability above which a merged chunk ends (the
+      upstream's `tokenizer_pair_bias_threshold`, which `TokenizerPair` sets for both
+      of its uses).
+    space_mask_mode: which tokens count as starting with a space for `append_space` and
+      `merge_by_space_prob`: a '+'-combination of `space`, `tab`, `newline`, `special`.
     distill_chunk_sizes: group sizes k; each compares sums over k consecutive chunks
       (deprecated upstream; keep `(1,)`).
     distill_main_path_numerator: per-chunk weight, `token_count`, `chunk_count` (1) or
@@ -91,7 +96,8 @@ class AlmOptions:
     alm_diff_fn: str = "binary_ce"
     binarization_temp: float = 100.0
     renyi_alpha: float = 0.5
-    tokenizer_pair_bias_threshold: float = 0.1
+    space_merge_threshold: float = 0.1
+    space_mask_mode: str = DEFAULT_SPACE_MASK_MODE
     distill_chunk_sizes: Sequence[int] = (1,)
     distill_main_path_numerator: str = "chunk_count"
     distill_main_path_denominator: str = "chunk_count"
@@ -105,6 +111,7 @@ class AlmOptions:
         if not sizes or any(k < 1 for k in sizes):
             raise ValueError(f"Invalid distill_chunk_sizes={list(self.distill_chunk_sizes)}; need positive ints.")
         object.__setattr__(self, "distill_chunk_sizes", sizes)
+        parse_space_mask_mode(self.space_mask_mode)
         if self.binarization_temp <= 0:
             raise ValueError(f"Invalid binarization_temp={self.binarization_temp}; must be > 0.")
         if self.alm_diff_fn == "renyi" and self.renyi_alpha == 1:
@@ -133,10 +140,10 @@ def _side_chunks(
     num_chunks: int,
     modes: frozenset[str],
 ) -> _SideChunks:
-    stats = position_stats(outputs.logits, constants.vocab_mask, input_ids, constants.space_mask)
+    stats = position_stats(outputs.logits, input_ids, constants.space_mask)
     logp = jnp.minimum(chunklib.chunk_sum(stats.next_token_logprobs(), chunk_ids[:, 1:], num_chunks), 0.0)
     if "eos_as_space" in modes:
-        space_logp = token_logprobs_at(outputs.logits, constants.vocab_mask, stats.log_norm, constants.eos_token_id)
+        space_logp = token_logprobs_at(outputs.logits, stats.log_norm, constants.eos_token_id)
     else:
         space_logp = stats.subset_logprobs()
     last = chunklib.chunk_last_positions(chunk_ids, num_chunks)
@@ -148,17 +155,10 @@ def _side_chunks(
     )
 
 
-def _masked_chunk_ids(batch, side: str, chunking: str, loss_name: str) -> jax.Array:
-    ids = batch_key(batch, f"chunks_{side}_{chunking}", loss_name)
-    mask = batch_key(batch, f"loss_mask_{side}", loss_name)
-    return chunklib.mask_chunk_ids(ids, mask)
-
-
-def _num_slots(batch, chunking: str, options: AlmOptions) -> int:
+def _num_slots(batch, chunking: str, options: AlmOptions, loss_name: str) -> int:
+    chunks = batch.chunking(chunking, loss_name)
     return chunklib.num_chunk_slots(
-        batch[f"chunks_teacher_{chunking}"].shape[1],
-        batch[f"chunks_student_{chunking}"].shape[1],
-        options.distill_chunk_sizes,
+        chunks.teacher.shape[1], chunks.student.shape[1], options.distill_chunk_sizes
     )
 
 
@@ -171,8 +171,8 @@ def _count_normaliser(group_counts: Sequence[jax.Array], kind: str) -> jax.Array
 
 def _teacher_group_counts(batch, chunking: str, options: AlmOptions, loss_name: str) -> list[jax.Array]:
     """Unmerged teacher token counts per chunk group, for each group size."""
-    num_chunks = _num_slots(batch, chunking, options)
-    chunk_ids = _masked_chunk_ids(batch, "teacher", chunking, loss_name)
+    num_chunks = _num_slots(batch, chunking, options, loss_name)
+    chunk_ids, _ = chunklib.loss_chunk_ids(batch, chunking, loss_name)
     counts = chunklib.chunk_token_counts(chunk_ids[:, 1:], num_chunks)
     return [chunklib.group_sum(counts, k) for k in options.distill_chunk_sizes]
 
@@ -244,14 +244,15 @@ def alm_loss(
     teacher_out, teacher_constants = ctx.frozen_teacher(name)
     modes = options.modes
     batch = ctx.batch
-    num_chunks = _num_slots(batch, chunking, options)
+    num_chunks = _num_slots(batch, chunking, options, name)
+    teacher_chunks, student_chunks = chunklib.loss_chunk_ids(batch, chunking, name)
     teacher = _side_chunks(
-        teacher_out, teacher_constants, batch_key(batch, "input_ids_teacher", name),
-        _masked_chunk_ids(batch, "teacher", chunking, name), num_chunks, modes,
+        teacher_out, teacher_constants, batch.side("teacher").input_ids, teacher_chunks,
+        num_chunks, modes,
     )
     student = _side_chunks(
-        ctx.student, ctx.student_constants, batch_key(batch, "input_ids_student", name),
-        _masked_chunk_ids(batch, "student", chunking, name), num_chunks, modes,
+        ctx.student, ctx.student_constants, batch.student.input_ids, student_chunks,
+        num_chunks, modes,
     )
     diagnostics = {
         "student_avg_chunk_lengths": _avg_chunk_length(student.tokens_with_first),
@@ -262,7 +263,7 @@ def alm_loss(
         [chunklib.group_sum(teacher.tokens, k) for k in options.distill_chunk_sizes], "chunk_count"
     )
     if "merge_by_space_prob" in modes:
-        teacher, student = _merge_by_space_prob(teacher, student, options.tokenizer_pair_bias_threshold, diagnostics)
+        teacher, student = _merge_by_space_prob(teacher, student, options.space_merge_threshold, diagnostics)
     nonempty = teacher.tokens > 0
     diagnostics["legacy_loss"] = safe_divide(
         jnp.sum(jnp.abs(student.logp * nonempty - teacher.logp) * nonempty), jnp.sum(nonempty)

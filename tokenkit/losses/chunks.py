@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from tokenkit.batch import Batch
+
 
 def num_chunk_slots(length_teacher: int, length_student: int, group_sizes: Sequence[int] = (1,)) -> int:
     """Static number of chunk slots per row: `min(Lt, Ls)`, padded to tile `group_sizes`."""
@@ -29,6 +31,15 @@ def num_chunk_slots(length_teacher: int, length_student: int, group_sizes: Seque
 def mask_chunk_ids(chunk_ids: jax.Array, mask: jax.Array) -> jax.Array:
     """Chunk ids with the tokens outside `mask` (loss mask 0) moved to no chunk (-1)."""
     return jnp.where(mask.astype(bool), chunk_ids, -1).astype(jnp.int32)
+
+
+def loss_chunk_ids(batch: Batch, chunking: str, needed_by: str) -> tuple[jax.Array, jax.Array]:
+    """(teacher, student) chunk ids of `chunking`, tokens outside each side's loss mask at -1."""
+    chunks = batch.chunking(chunking, needed_by)
+    return (
+        mask_chunk_ids(chunks.teacher, batch.side("teacher").loss_mask),
+        mask_chunk_ids(chunks.student, batch.student.loss_mask),
+    )
 
 
 def _flat_segments(chunk_ids: jax.Array, num_chunks: int) -> jax.Array:

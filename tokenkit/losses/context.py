@@ -3,13 +3,14 @@
 A loss is a pure function of one `LossContext` (a pytree, so it passes through `jit`,
 `grad` and `scan` unchanged) and its static options. The context holds
 
-- `batch`: the local micro-batch, keys as in ARCHITECTURE.md ("A training batch");
+- `batch`: the local micro-batch, a `tokenkit.batch.Batch`;
 - `global_batch`: the batch of the whole optimizer step (all gradient-accumulation
   micro-batches; under SPMD `jit` data parallelism is already inside `batch`). Losses
   only read its loss masks and chunk ids, to compute their normalisers; `None` means the
   micro-batch is the whole step;
-- `student` / `teacher`: `ModelOutputs` (raw logits, hidden states, per-layer q/k/v,
-  output-embedding matrix), the teacher `None` for SFT;
+- `student` / `teacher`: `ModelOutputs` (logits with the padded vocabulary rows already
+  masked by the model side, hidden states, per-layer q/k/v, output-embedding matrix),
+  the teacher `None` for SFT;
 - `student_constants` / `teacher_constants`: `TokenizerConstants` (space mask, which
   vocabulary rows are real, EOS id);
 - `params`: trainable loss parameters by name (`projector_latents`, `projector_query`,
@@ -27,11 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-# Fill for logits of padded vocabulary rows and for empty chunks: finite (unlike -inf,
-# so `0 * fill` stays 0) and far below any real log-probability.
+from tokenkit.batch import Batch
+from tokenkit.logits import mask_padded_vocab
+
+# Log-likelihood of an empty chunk, and the fill of masked attention scores: finite
+# (unlike -inf, so `0 * fill` stays 0) and far below any real log-probability.
 LARGE_NEGATIVE = float(-0.7 * np.finfo(np.float32).max)
 
 SPACE_MASK_MODES = ("space", "tab", "newline", "special")
+DEFAULT_SPACE_MASK_MODE = "space+tab+newline+special"
 # First character of a token, in the GPT-2 byte-level spelling, for each mode.
 _SPACE_MASK_CHARS = {"space": "\u0120", "newline": "\u010a", "tab": "\u0109"}
 
@@ -40,7 +45,8 @@ _SPACE_MASK_CHARS = {"space": "\u0120", "newline": "\u010a", "tab": "\u0109"}
 class ModelOutputs:
     """One model's outputs on its side of the batch.
 
-    logits: `[B, L, V]`, before any vocabulary mask (the losses apply it).
+    logits: `[B, L, V]` float32, padded vocabulary rows at `tokenkit.logits.MASKED_LOGIT`
+      (`models.side.ModelSide.forward` masks them), so softmaxes need no mask.
     hidden_states: `(embeddings, layer_1, ..., layer_N)`, each `[B, L, D]`.
     attentions: per layer, the projected queries/keys/values, either one `[B, L, *]`
       array or a tuple of them (concatenated on the last axis).
@@ -59,7 +65,8 @@ class TokenizerConstants:
 
     space_mask: `bool[V]`, tokens that start with a token-ending byte (`build_space_mask`).
     vocab_mask: `bool[V]`, True for real tokens, False for rows added by padding the
-      embedding matrix to a multiple (their logits are masked out).
+      embedding matrix to a multiple; for losses that form logits of their own
+      (`masked_logits`).
     eos_token_id: used by `alm_mode=eos_as_space`.
     """
 
@@ -72,17 +79,17 @@ class TokenizerConstants:
 class LossContext:
     """Everything a loss may read; see the module docstring for each field."""
 
-    batch: Mapping[str, jax.Array]
+    batch: Batch
     student: ModelOutputs
     student_constants: TokenizerConstants
     teacher: ModelOutputs | None = None
     teacher_constants: TokenizerConstants | None = None
-    global_batch: Mapping[str, jax.Array] | None = None
+    global_batch: Batch | None = None
     params: Mapping[str, Any] = struct.field(default_factory=dict)
     mined_mapping: jax.Array | None = None
 
     @property
-    def step_batch(self) -> Mapping[str, jax.Array]:
+    def step_batch(self) -> Batch:
         """The batch normalisers are computed from (the global one when given)."""
         return self.batch if self.global_batch is None else self.global_batch
 
@@ -108,15 +115,6 @@ class LossContext:
         return self.params[name]
 
 
-def batch_key(batch: Mapping[str, Any], key: str, loss_name: str) -> Any:
-    """`batch[key]`, or an error naming the loss and the keys the batch has."""
-    if key not in batch:
-        raise KeyError(
-            f"Loss {loss_name!r} needs batch[{key!r}]; the batch has {sorted(batch)}."
-        )
-    return batch[key]
-
-
 def parse_space_mask_mode(mode: str) -> frozenset[str]:
     """`"space+tab+newline+special"` -> its parts, rejecting unknown ones."""
     parts = frozenset(p for p in mode.split("+") if p)
@@ -133,7 +131,7 @@ def build_space_mask(
     tokens: Sequence[str],
     special_token_ids: Sequence[int] = (),
     *,
-    space_mask_mode: str = "space+tab+newline+special",
+    space_mask_mode: str = DEFAULT_SPACE_MASK_MODE,
     padded_size: int | None = None,
 ) -> np.ndarray:
     """Which tokens begin with a byte that never occurs inside a token pair boundary.
@@ -161,25 +159,10 @@ def build_space_mask(
     return mask
 
 
-def build_vocab_mask(vocab_size: int, padded_size: int | None = None) -> np.ndarray:
-    """`bool[padded_size]`: True for the `vocab_size` real rows, False for padding rows."""
-    padded_size = vocab_size if padded_size is None else padded_size
-    if padded_size < vocab_size:
-        raise ValueError(f"padded_size {padded_size} is smaller than vocab_size {vocab_size}.")
-    mask = np.zeros(padded_size, dtype=bool)
-    mask[:vocab_size] = True
-    return mask
-
-
 def masked_logits(logits: jax.Array, vocab_mask: jax.Array) -> jax.Array:
-    """fp32 logits with padded vocabulary rows pushed to `LARGE_NEGATIVE`."""
-    logits = logits.astype(jnp.float32)
-    if vocab_mask.shape[-1] != logits.shape[-1]:
-        raise ValueError(
-            f"vocab_mask has {vocab_mask.shape[-1]} rows but the logits have "
-            f"{logits.shape[-1]}; build it for the padded vocabulary size."
-        )
-    return jnp.where(vocab_mask, logits, LARGE_NEGATIVE)
+    """fp32 logits a loss formed itself, padded vocabulary rows masked (as the model
+    side masks the models' own logits)."""
+    return mask_padded_vocab(logits, vocab_mask)
 
 
 def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:

@@ -25,7 +25,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from tokenkit.losses.context import LARGE_NEGATIVE, LossContext, batch_key, check_choice, masked_logits, safe_divide
+from tokenkit.losses.context import LARGE_NEGATIVE, LossContext, check_choice, masked_logits, safe_divide
 from tokenkit.losses.divergences import DISTRIBUTION_DIVERGENCES, forward_kl
 from tokenkit.losses.sft import target_count
 
@@ -91,11 +91,12 @@ def baseline_dskd_loss(
         if outputs.hidden_states is None or outputs.output_embeddings is None:
             raise ValueError(f"{name} needs the {side}'s hidden_states and output_embeddings.")
     batch = ctx.batch
-    ids_s = batch_key(batch, "input_ids_student", name)
-    lm_s = batch_key(batch, "loss_mask_student", name)[:, 1:].astype(jnp.float32)
-    lm_t = batch_key(batch, "loss_mask_teacher", name)[:, 1:].astype(jnp.float32)
-    attn_s = batch_key(batch, "attention_mask_student", name)[:, 1:].astype(bool)
-    attn_t = batch_key(batch, "attention_mask_teacher", name)[:, 1:].astype(bool)
+    teacher_batch = batch.side("teacher")
+    ids_s = batch.student.input_ids
+    lm_s = batch.student.loss_mask[:, 1:].astype(jnp.float32)
+    lm_t = teacher_batch.loss_mask[:, 1:].astype(jnp.float32)
+    attn_s = batch.student.attention_mask[:, 1:].astype(bool)
+    attn_t = teacher_batch.attention_mask[:, 1:].astype(bool)
     projectors = {p: ctx.require_param(p, name) for p in PARAM_NAMES}
 
     s_embeds = student.hidden_states[0].astype(jnp.float32)
@@ -128,11 +129,11 @@ def baseline_dskd_loss(
     )
     targets = ids_s[:, 1:].astype(jnp.int32)
     t2s_ce = -jnp.take_along_axis(jax.nn.log_softmax(t2s_logits, -1), targets[..., None], -1)[..., 0]
-    t2s_ce_loss = safe_divide(jnp.sum(t2s_ce * lm_s), target_count(ctx.step_batch, name))
+    t2s_ce_loss = safe_divide(jnp.sum(t2s_ce * lm_s), target_count(ctx.step_batch))
     correct = (jnp.argmax(t2s_logits, -1) == targets).astype(jnp.float32)
     divergence = DISTRIBUTION_DIVERGENCES[options.divergence]
     t2s_kd = divergence(
-        masked_logits(student.logits[:, :-1], s_vocab),
+        student.logits[:, :-1],
         jax.lax.stop_gradient(t2s_logits),
         kd_temp=options.kd_temp,
         teacher_temp=options.teacher_temperature,
@@ -144,16 +145,14 @@ def baseline_dskd_loss(
     # rows so micro-batch losses still add up.
     kd_mask = lm_s * correct
     t2s_kd_loss = jnp.sum(t2s_kd * kd_mask) / (jnp.sum(kd_mask) + EPSILON * kd_mask.size)
-    t2s_kd_loss = t2s_kd_loss * ids_s.shape[0] / ctx.step_batch["input_ids_student"].shape[0]
+    t2s_kd_loss = t2s_kd_loss * ids_s.shape[0] / ctx.step_batch.student.shape[0]
 
     # Student -> teacher.
     s2t_logits = masked_logits(
         (s2t_weights @ s_values) @ teacher.output_embeddings.astype(jnp.float32).T, t_const.vocab_mask
     )
-    s2t_kd = forward_kl(
-        s2t_logits, masked_logits(teacher.logits[:, :-1], t_const.vocab_mask), kd_temp=options.kd_temp
-    )
-    teacher_targets = jnp.sum(ctx.step_batch["loss_mask_teacher"][:, 1:].astype(jnp.float32))
+    s2t_kd = forward_kl(s2t_logits, teacher.logits[:, :-1], kd_temp=options.kd_temp)
+    teacher_targets = jnp.sum(ctx.step_batch.side("teacher").loss_mask[:, 1:].astype(jnp.float32))
     s2t_kd_loss = safe_divide(jnp.sum(s2t_kd * lm_t), teacher_targets)
 
     loss = t2s_ce_loss + t2s_kd_loss + s2t_kd_loss

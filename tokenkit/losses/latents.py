@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from tokenkit.losses import chunks as chunklib
-from tokenkit.losses.context import LossContext, batch_key, check_choice, safe_divide
+from tokenkit.losses.context import LossContext, check_choice, safe_divide
 
 LATENT_KINDS = ("last_hidden_state", "all_hidden_states", "qkv")
 LATENTS_CHUNKS = {"naive": "unconstrained", "space": "space"}
@@ -111,12 +111,7 @@ def _layer_loss(student, teacher, mask, global_chunks, *, squared, normalization
 
 def _chunk_state(batch, chunking: str, name: str):
     """(teacher ends, student ends, student-chunk mask) for `batch`."""
-    t_ids = chunklib.mask_chunk_ids(
-        batch_key(batch, f"chunks_teacher_{chunking}", name), batch_key(batch, "loss_mask_teacher", name)
-    )
-    s_ids = chunklib.mask_chunk_ids(
-        batch_key(batch, f"chunks_student_{chunking}", name), batch_key(batch, "loss_mask_student", name)
-    )
+    t_ids, s_ids = chunklib.loss_chunk_ids(batch, chunking, name)
     num_chunks = chunklib.num_chunk_slots(t_ids.shape[1], s_ids.shape[1])
     mask = (chunklib.chunk_token_counts(s_ids, num_chunks) > 0).astype(jnp.float32)
     return (

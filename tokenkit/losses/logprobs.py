@@ -9,9 +9,10 @@ hand-written backward pass that forms the `[B, L, V]` gradient in one fused expr
 ever stored. SFT and ALM call it with identical arguments, so inside one `jit` XLA
 computes it once.
 
-Padded vocabulary rows are masked to `LARGE_NEGATIVE`; log-probabilities are clipped at 0
-as upstream (rounding can push a log-softmax a hair above 0 and the binarised ALM
-divergences need `log p <= 0`).
+Logits arrive with the padded vocabulary rows already masked (`tokenkit.logits`, applied
+by the model side), so a masked row has probability exactly 0 and no gradient here.
+Log-probabilities are clipped at 0 as upstream (rounding can push a log-softmax a hair
+above 0 and the binarised ALM divergences need `log p <= 0`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from tokenkit.losses.context import LARGE_NEGATIVE, masked_logits
 
 
-def log_softmax(logits: jax.Array, vocab_mask: jax.Array) -> jax.Array:
+def log_softmax(logits: jax.Array) -> jax.Array:
     """Full `[B, L, V]` log-probabilities (clipped at 0), for losses over whole distributions."""
-    return jnp.minimum(jax.nn.log_softmax(masked_logits(logits, vocab_mask), axis=-1), 0.0)
+    return jnp.minimum(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), 0.0)
 
 
 def _log_sum_exp(z: jax.Array, where: jax.Array | None) -> jax.Array:
@@ -38,30 +38,28 @@ def _log_sum_exp(z: jax.Array, where: jax.Array | None) -> jax.Array:
     return m[..., 0] + jnp.log(jnp.sum(jnp.exp(z - m), axis=-1))
 
 
-def _stats_forward(logits, vocab_mask, next_ids, subset):
-    z = masked_logits(logits, vocab_mask)
+def _stats_forward(logits, next_ids, subset):
+    z = logits.astype(jnp.float32)
     log_norm = _log_sum_exp(z, None)
-    subset_log_norm = _log_sum_exp(z, subset & vocab_mask)
+    subset_log_norm = _log_sum_exp(z, subset)
     next_logit = jnp.take_along_axis(z, next_ids[..., None], axis=-1)[..., 0]
-    return (log_norm, next_logit, subset_log_norm), (logits, vocab_mask, next_ids, subset, log_norm, subset_log_norm)
+    return (log_norm, next_logit, subset_log_norm), (logits, next_ids, subset, log_norm, subset_log_norm)
 
 
 @jax.custom_vjp
-def _stats(logits, vocab_mask, next_ids, subset):
-    return _stats_forward(logits, vocab_mask, next_ids, subset)[0]
+def _stats(logits, next_ids, subset):
+    return _stats_forward(logits, next_ids, subset)[0]
 
 
 def _stats_backward(residuals, cotangents):
-    logits, vocab_mask, next_ids, subset, log_norm, subset_log_norm = residuals
+    logits, next_ids, subset, log_norm, subset_log_norm = residuals
     g_norm, g_next, g_subset = cotangents
-    z = masked_logits(logits, vocab_mask)
-    in_subset = subset & vocab_mask
+    z = logits.astype(jnp.float32)
     softmax = jnp.exp(z - log_norm[..., None])
-    subset_softmax = jnp.where(in_subset, jnp.exp(z - subset_log_norm[..., None]), 0.0)
+    subset_softmax = jnp.where(subset, jnp.exp(z - subset_log_norm[..., None]), 0.0)
     onehot = jnp.arange(z.shape[-1], dtype=jnp.int32) == next_ids[..., None]
     grad = g_norm[..., None] * softmax + g_subset[..., None] * subset_softmax + jnp.where(onehot, g_next[..., None], 0.0)
-    grad = jnp.where(vocab_mask, grad, 0.0).astype(logits.dtype)
-    return grad, None, None, None
+    return grad.astype(logits.dtype), None, None
 
 
 _stats.defvjp(_stats_forward, _stats_backward)
@@ -96,18 +94,14 @@ class PositionStats(NamedTuple):
         return jnp.minimum(self.subset_log_norm - self.log_norm, 0.0)
 
 
-def position_stats(
-    logits: jax.Array, vocab_mask: jax.Array, input_ids: jax.Array, subset: jax.Array
-) -> PositionStats:
-    """The reductions ALM and SFT need from `logits [B, L, V]` (see the module docstring)."""
+def position_stats(logits: jax.Array, input_ids: jax.Array, subset: jax.Array) -> PositionStats:
+    """The reductions ALM and SFT need from (masked) `logits [B, L, V]` (see the module
+    docstring); `subset` is `bool[V]`, False on padded rows."""
     ids = input_ids.astype(jnp.int32)
     next_ids = jnp.concatenate([ids[:, 1:], jnp.zeros_like(ids[:, :1])], axis=1)
-    return PositionStats(*_stats(logits, vocab_mask, next_ids, subset.astype(bool)))
+    return PositionStats(*_stats(logits, next_ids, subset.astype(bool)))
 
 
-def token_logprobs_at(
-    logits: jax.Array, vocab_mask: jax.Array, log_norm: jax.Array, token_id: int
-) -> jax.Array:
+def token_logprobs_at(logits: jax.Array, log_norm: jax.Array, token_id: int) -> jax.Array:
     """`[B, L]`: log P(next token == token_id), clipped at 0, given the log normaliser."""
-    column = jnp.where(vocab_mask[token_id], logits[..., token_id].astype(jnp.float32), LARGE_NEGATIVE)
-    return jnp.minimum(column - log_norm, 0.0)
+    return jnp.minimum(logits[..., token_id].astype(jnp.float32) - log_norm, 0.0)

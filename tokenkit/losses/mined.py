@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from tokenkit.losses import chunks as chunklib
-from tokenkit.losses.context import LossContext, batch_key, masked_logits, safe_divide
+from tokenkit.losses.context import LossContext, masked_logits, safe_divide
 from tokenkit.losses.divergences import forward_kl
 
 ONEHOT_HIGH = 100.0
@@ -49,12 +49,7 @@ class MinedOptions:
 
 def _targets(batch, name: str):
     """Chunk ids of targets (positions >= 1 in the loss and a chunk), both sides, and C."""
-    t_ids = chunklib.mask_chunk_ids(
-        batch_key(batch, "chunks_teacher_unconstrained", name), batch_key(batch, "loss_mask_teacher", name)
-    )
-    s_ids = chunklib.mask_chunk_ids(
-        batch_key(batch, "chunks_student_unconstrained", name), batch_key(batch, "loss_mask_student", name)
-    )
+    t_ids, s_ids = chunklib.loss_chunk_ids(batch, "unconstrained", name)
     num_chunks = chunklib.num_chunk_slots(t_ids.shape[1], s_ids.shape[1])
     return t_ids[:, 1:], s_ids[:, 1:], num_chunks
 
@@ -89,15 +84,14 @@ def baseline_mined_loss(
     token_one_to_one = jnp.take_along_axis(one_to_one, chunk_of, axis=1) & is_target
     token_teacher_row = jnp.take_along_axis(teacher_row, chunk_of, axis=1)
 
-    teacher_logits = masked_logits(teacher.logits[:, :-1], t_const.vocab_mask)
+    teacher_logits = teacher.logits[:, :-1]
     mapped = chunklib.gather_positions(teacher_logits, token_teacher_row)[..., mapping]
     mapped = masked_logits(mapped, s_vocab)
-    targets = batch_key(ctx.batch, "input_ids_student", name)[:, 1:].astype(jnp.int32)
+    targets = ctx.batch.student.input_ids[:, 1:].astype(jnp.int32)
     onehot = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32)
     onehot_logits = masked_logits(onehot * ONEHOT_HIGH + (1 - onehot) * ONEHOT_LOW, s_vocab)
     teacher_side = jnp.where(token_one_to_one[..., None], mapped, onehot_logits)
-    student_logits = masked_logits(ctx.student.logits[:, :-1], s_vocab)
-    kl = forward_kl(student_logits, teacher_side, kd_temp=options.kd_temp)
+    kl = forward_kl(ctx.student.logits[:, :-1], teacher_side, kd_temp=options.kd_temp)
 
     _, global_s_ids, _ = _targets(ctx.step_batch, name)
     total = jnp.sum(jnp.where(is_target, kl, 0.0))

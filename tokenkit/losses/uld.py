@@ -17,14 +17,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tokenkit.losses.context import LossContext, batch_key, safe_divide
+from tokenkit.batch import Batch
+from tokenkit.losses.context import LossContext, safe_divide
 from tokenkit.losses.logprobs import log_softmax
 
 
-def _positions(batch, length: int, name: str) -> jax.Array:
+def _positions(batch: Batch, length: int) -> jax.Array:
     """`[B, length - 1]`: prediction positions whose next token both sides train on."""
-    student = batch_key(batch, "loss_mask_student", name)[:, 1:length].astype(bool)
-    teacher = batch_key(batch, "loss_mask_teacher", name)[:, 1:length].astype(bool)
+    student = batch.student.loss_mask[:, 1:length].astype(bool)
+    teacher = batch.side("teacher").loss_mask[:, 1:length].astype(bool)
     return (student & teacher).astype(jnp.float32)
 
 
@@ -44,14 +45,14 @@ def sorted_probability_distance(student_probs: jax.Array, teacher_probs: jax.Arr
 def baseline_uld_loss(ctx: LossContext) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean sorted-probability L1 distance over positions both sides train on."""
     name = "baseline_uld"
-    teacher, t_const = ctx.frozen_teacher(name)
+    teacher, _ = ctx.frozen_teacher(name)
     length = min(teacher.logits.shape[1], ctx.student.logits.shape[1])
-    s_probs = jnp.exp(log_softmax(ctx.student.logits[:, : length - 1], ctx.student_constants.vocab_mask))
-    t_probs = jnp.exp(log_softmax(teacher.logits[:, : length - 1], t_const.vocab_mask))
+    s_probs = jnp.exp(log_softmax(ctx.student.logits[:, : length - 1]))
+    t_probs = jnp.exp(log_softmax(teacher.logits[:, : length - 1]))
     distance = sorted_probability_distance(s_probs, t_probs)
-    mask = _positions(ctx.batch, length, name)
+    mask = _positions(ctx.batch, length)
     step_batch = ctx.step_batch
-    global_length = min(step_batch["loss_mask_teacher"].shape[1], step_batch["loss_mask_student"].shape[1])
+    global_length = min(step_batch.side("teacher").shape[1], step_batch.student.shape[1])
     total = jnp.sum(distance * mask)
-    loss = safe_divide(total, jnp.sum(_positions(step_batch, global_length, name)))
+    loss = safe_divide(total, jnp.sum(_positions(step_batch, global_length)))
     return loss, {"micro_batch_uld": safe_divide(total, jnp.sum(mask))}

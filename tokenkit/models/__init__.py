@@ -33,7 +33,6 @@ from tokenkit.models.sharding import (
 )
 from tokenkit.models.surgery import (
     embedding_matrices,
-    logit_mask,
     padded_size,
     replace_vocabulary,
     trim_vocabulary,
@@ -72,7 +71,6 @@ __all__ = [
     "load_config",
     "load_pretrained",
     "logical_axis_rules",
-    "logit_mask",
     "make_mesh",
     "make_transformer",
     "merge_lora",

@@ -110,7 +110,6 @@ def _is_adapter(x: Any) -> bool:
     return isinstance(x, Mapping) and set(x) == {"a", "b"}
 
 
-@gin.configurable
 def trainable_mask(
     variables: Mapping[str, Any], mode: str = "full", *, train_embeddings: bool = False
 ) -> dict:

@@ -2,7 +2,8 @@
 
 Vocabularies are padded to a multiple (`pad_to_multiple_of`, 64 by default as upstream) so
 the vocab dimension shards evenly and matmuls are tile-aligned; padded rows are zero and
-are excluded from softmaxes by `logit_mask`. `trim_vocabulary` removes the padding again
+are excluded from softmaxes by `tokenkit.logits.mask_padded_vocab` (the model side applies
+it to every forward pass). `trim_vocabulary` removes the padding again
 before export.
 
 The functions return new trees on the default placement; after changing the vocabulary,
@@ -16,7 +17,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import gin
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -46,7 +46,6 @@ def _pad_rows(x: Any, rows: int) -> Any:
     return jnp.pad(jnp.asarray(x), ((0, extra), (0, 0))) if extra else jnp.asarray(x)
 
 
-@gin.configurable(denylist=["config", "params", "input_embeddings", "output_embeddings", "tokenizer_size"])
 def replace_vocabulary(
     config: ModelConfig,
     params: Mapping[str, Any],
@@ -122,13 +121,3 @@ def trim_vocabulary(config: ModelConfig, params: Mapping[str, Any], size: int) -
     if not config.tie_word_embeddings:
         new_params["lm_head"] = {"kernel": params["lm_head"]["kernel"][:, :size]}
     return dataclasses.replace(config, vocab_size=size), new_params
-
-
-def logit_mask(num_real: int, vocab_size: int, dtype: Any = np.float32) -> np.ndarray:
-    """Additive mask `[vocab_size]`: 0 for the `num_real` real rows, a large negative
-    (-0.7 x the dtype's max, finite so sums stay finite) for padding rows."""
-    if num_real > vocab_size:
-        raise ValueError(f"num_real={num_real} exceeds vocab_size={vocab_size}.")
-    mask = np.zeros((vocab_size,), dtype=dtype)
-    mask[num_real:] = -0.7 * float(jnp.finfo(dtype).max)
-    return mask

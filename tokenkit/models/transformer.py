@@ -49,7 +49,6 @@ from typing import Any
 
 import flax
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -507,7 +506,6 @@ def embed_tokens(
     return x
 
 
-@gin.configurable
 def make_transformer(
     config: ModelConfig,
     *,

@@ -27,34 +27,31 @@ from tokenkit.models import merge_lora
 from tokenkit.training import setup as setup_lib
 
 
-def bits_per_byte(side, variables, tokenizer, texts, max_length, expansion=None) -> float:
+def bits_per_byte(model: EvalModel, texts: Sequence[str], max_length: int) -> float:
     """Bits per UTF-8 byte of whole texts (bos, where the family has one, conditions)."""
-    results = scoring.score_texts(
-        side.model, variables, tokenizer, texts, max_length=max_length,
-        expansion=expansion, show_progress=False,
+    return scoring.bits_per_byte(
+        scoring.score_texts(model, texts, max_length=max_length, show_progress=False)
     )
-    n_bytes = sum(r.n_bytes for r in results)
-    return -sum(r.loglik for r in results) / math.log(2) / max(n_bytes, 1)
 
 
-def answer_bits_per_byte(side, variables, tokenizer, chats, expansion=None) -> float:
+def answer_bits_per_byte(model: EvalModel, chats: Sequence[Sequence[Mapping[str, str]]]) -> float:
     """Bits per byte of each conversation's final (assistant) message given the rest.
 
-    The prompt goes through the slot-marker chat template of the tokenizer's family; the
-    answer's own tokens are scored, so every tokenizer is measured on the same bytes.
+    The conversation goes through the slot-marker chat template of the tokenizer's
+    family (`prompts.encode_prompt`); the final message's content tokens are scored, so
+    every tokenizer is measured on the same bytes.
     """
     sequences, starts, n_bytes = [], [], 0
     for messages in chats:
-        prompt = prompts.preprocess_messages(messages[:-1], add_generation_prompt=True)
-        prompt_ids = list(prompts.encode_prompt(prompt, tokenizer).ids)
-        answer_ids = list(prompts.encode_prompt(messages[-1]["content"], tokenizer).ids)
-        sequences.append(prompt_ids + answer_ids)
-        starts.append(len(prompt_ids))
+        encoded = prompts.encode_prompt(prompts.preprocess_messages(messages), model.tokenizer)
+        answer = encoded.mask(roles=("assistant",), parts=("content",), message=-1)
+        if not any(answer):
+            continue  # an empty answer has no bytes to score
+        first, last = answer.index(True), len(answer) - answer[::-1].index(True)
+        sequences.append(list(encoded.ids[:last]))
+        starts.append(first)
         n_bytes += len(messages[-1]["content"].encode("utf-8"))
-    scores = scoring.score_sequences(
-        side.model, variables, sequences, starts, num_real_tokens=len(tokenizer),
-        expansion=expansion, pad_id=tokenizer.pad_token_id or 0, show_progress=False,
-    )
+    scores = scoring.score_sequences(model, sequences, starts, show_progress=False)
     return -sum(s.loglik for s in scores) / math.log(2) / max(n_bytes, 1)
 
 
@@ -91,26 +88,22 @@ class Evaluator:
             if len(self.texts) >= eval_texts and len(self.chats) >= eval_chats:
                 break
 
-    def _scores(self, side, params, expansion, name: str) -> dict[str, float]:
+    def _scores(self, model: EvalModel) -> dict[str, float]:
         out = {}
-        variables = {"params": params}
         if self.texts:
-            out[f"{name}/bits_per_byte"] = bits_per_byte(
-                side, variables, side.tokenizer, self.texts, self.max_length, expansion)
+            out[f"{model.name}/bits_per_byte"] = bits_per_byte(model, self.texts, self.max_length)
         if self.chats:
-            out[f"{name}/answer_bits_per_byte"] = answer_bits_per_byte(
-                side, variables, side.tokenizer, self.chats, expansion)
+            out[f"{model.name}/answer_bits_per_byte"] = answer_bits_per_byte(model, self.chats)
         return out
 
     def _student_params(self, state: Any, frozen: Any) -> dict:
         params = self.run.student_params(state.params, frozen)
         if state.params.get("lora"):
-            params = merge_lora(params, state.params["lora"], alpha=self.run.lora_config.alpha)
+            params = merge_lora(params, state.params["lora"], alpha=self.run.lora.alpha)
         return params
 
-    def _tasks(self, side, params, expansion, step: int, name: str) -> dict[str, float]:
-        model = EvalModel.create(side.config, params, side.tokenizer, expansion=expansion,
-                                 name=name)
+    def _tasks(self, model: EvalModel, step: int) -> dict[str, float]:
+        name = model.name
         results = harness.evaluate(
             model, tasks=self.tasks,
             output_dir=self.workdir / "lm_eval" / f"{name}_step_{step}",
@@ -125,18 +118,17 @@ class Evaluator:
     def __call__(self, state: Any, frozen: Any, step: int) -> dict[str, float]:
         """Scores at `step`; `state.params` / `frozen` are the trainer's two trees."""
         run = self.run
-        params = self._student_params(state, frozen)
-        out = self._scores(run.student, params, run.expansion, "student")
-        teacher_params = None
+        student = EvalModel.of(run.student, self._student_params(state, frozen))
+        out = self._scores(student)
+        teacher = None
         if run.teacher is not None:
-            teacher_params = run.teacher_params(state.params, frozen)
-            out.update(self._scores(run.teacher, teacher_params, None, "teacher"))
+            teacher = EvalModel.of(run.teacher, run.teacher_params(state.params, frozen))
+            out.update(self._scores(teacher))
         if self.tasks:
-            out.update(self._tasks(run.student, params, run.expansion, step, "student"))
-            if teacher_params is not None:
+            out.update(self._tasks(student, step))
+            if teacher is not None:
                 if self._teacher_tasks is None:  # the teacher is frozen: score it once
-                    self._teacher_tasks = self._tasks(run.teacher, teacher_params, None, step,
-                                                      "teacher")
+                    self._teacher_tasks = self._tasks(teacher, step)
                 out.update(self._teacher_tasks)
         return out
 

@@ -32,7 +32,7 @@ from flax import struct
 from tokenkit.losses import aggregation as agg
 from tokenkit.training.optim import global_norm
 
-Batch = Mapping[str, jax.Array]
+Batch = Any  # a tokenkit.batch.Batch (any pytree of [B, ...] arrays)
 LossFn = Callable[[Any, Any, Batch, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 
 
@@ -75,7 +75,7 @@ def init_train_state(
 
 
 def split_micro_batches(batch: Batch, k: int) -> Batch:
-    """`[B, ...]` -> `[k, B/k, ...]` with micro-batch i = rows i, i+k, i+2k, ...
+    """Every leaf `[B, ...]` -> `[k, B/k, ...]` with micro-batch i = rows i, i+k, i+2k, ...
 
     Striding (rather than contiguous blocks) keeps every data-parallel shard busy in
     every micro-batch when B is sharded in contiguous blocks over devices.
@@ -87,7 +87,7 @@ def split_micro_batches(batch: Batch, k: int) -> Batch:
             )
         return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
 
-    return {key: split(value) for key, value in batch.items()}
+    return jax.tree.map(split, batch)
 
 
 def _tree_add(a: Any, b: Any) -> Any:

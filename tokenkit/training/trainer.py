@@ -1,7 +1,7 @@
 """The training loop behind `python -m tokenkit.train`.
 
 `train(workdir)` (Gin-configurable; option names follow the upstream trainer) builds the
-run (`tokenkit.training.setup`), the Grain pipeline (`tokenkit.data`), one jitted and
+run (`tokenkit.training.setup`), the data (`tokenkit.data.assembly`), one jitted and
 sharded train step (`tokenkit.training.step`), and loops:
 
     batch <- Grain iterator (encoded, aligned in worker processes)
@@ -17,10 +17,9 @@ keeping the last good checkpoint. At the end the student is exported in the HF f
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from tokenkit import entry
 from tokenkit import losses as losses_lib
-from tokenkit.align import Aligner
-from tokenkit.data import encoding, pipeline, sources
+from tokenkit.batch import Batch
+from tokenkit.data.assembly import DataConfig, build_data
+from tokenkit.data.pairs import TokenizerPair
 from tokenkit.losses import aggregation as agg
-from tokenkit.models import make_mesh, merge_lora, save_pretrained
+from tokenkit.models import batch_shardings, make_mesh, merge_lora, save_pretrained
 from tokenkit.models.sharding import sharding_context
 from tokenkit.progress import format_duration
 from tokenkit.training import optim, setup as setup_lib, step as step_lib
@@ -45,7 +45,6 @@ from tokenkit.training.evaluator import Evaluator, report
 from tokenkit.training.metrics import MetricsWriter
 from tokenkit.training.preemption import PreemptionWatcher
 
-HOST_ONLY_KEYS = ("truncated_teacher", "truncated_student")
 GRADMAG_PROBES = {
     "final_norm": lambda: step_lib.leaf_probe(("student", "final_norm", "scale")),
     "last_layer": step_lib.last_layer_probe,
@@ -66,57 +65,37 @@ def make_loss_fn(run: setup_lib.RunSetup):
     """`loss_fn(trainable, frozen, micro_batch, global_batch) -> (losses [n], metrics)`."""
     losses = run.losses
     needs_hidden = any(l.needs_hidden_states for l in losses)
-    needs_teacher = run.teacher is not None
-    student, teacher = run.student, run.teacher
+    needs_embeddings = any(l.needs_output_embeddings for l in losses)
+    mined = None if run.mined_mapping is None else jnp.asarray(run.mined_mapping)
 
-    def forward(side, variables, batch, name, expanded=None):
-        out = side.model.apply(
-            variables,
-            batch[f"input_ids_{name}"],
-            batch[f"attention_mask_{name}"],
-            expanded_input_ids=expanded,
-            output_hidden_states=needs_hidden,
+    def outputs(side, params, lora, side_batch):
+        out = side.forward(
+            params, side_batch.input_ids, side_batch.attention_mask, lora=lora,
+            expansion=side.expansion, output_hidden_states=needs_hidden,
         )
-        hidden = None if out.hidden_states is None else tuple(out.hidden_states)
-        return out.logits, hidden
-
-    def output_embeddings(side, params):
-        if side.config.tie_word_embeddings:
-            return params["embedder"]["embedding"]
-        return params["lm_head"]["kernel"].T
-
-    def loss_fn(trainable, frozen, micro, batch):
-        student_params = run.student_params(trainable, frozen)
-        variables = {"params": student_params}
-        if trainable.get("lora"):
-            variables["lora"] = trainable["lora"]
-        expanded = None
-        if run.expansion is not None:
-            expanded = run.expansion.apply(micro["input_ids_student"], micro["attention_mask_student"])
-        s_logits, s_hidden = forward(student, variables, micro, "student", expanded)
-        student_out = losses_lib.ModelOutputs(
-            logits=s_logits, hidden_states=s_hidden,
-            output_embeddings=output_embeddings(student, student_params)
-            if any(l.needs_output_embeddings for l in losses) else None,
+        return losses_lib.ModelOutputs(
+            logits=out.logits,
+            hidden_states=None if out.hidden_states is None else tuple(out.hidden_states),
+            output_embeddings=side.output_embeddings(params) if needs_embeddings else None,
         )
+
+    def loss_fn(trainable, frozen, micro: Batch, batch: Batch):
+        student_out = outputs(run.student, run.student_params(trainable, frozen),
+                              trainable.get("lora"), micro.student)
         teacher_out = None
-        if needs_teacher:
-            t_params = run.teacher_params(trainable, frozen)
-            t_logits, t_hidden = forward(teacher, {"params": t_params}, micro, "teacher")
-            teacher_out = jax.lax.stop_gradient(losses_lib.ModelOutputs(
-                logits=t_logits, hidden_states=t_hidden,
-                output_embeddings=output_embeddings(teacher, t_params)
-                if any(l.needs_output_embeddings for l in losses) else None,
+        if run.teacher is not None:
+            teacher_out = jax.lax.stop_gradient(outputs(
+                run.teacher, run.teacher_params(trainable, frozen), None, micro.side("teacher")
             ))
         ctx = losses_lib.LossContext(
             batch=micro,
             global_batch=batch,
             student=student_out,
-            student_constants=student.constants,
+            student_constants=run.student_constants,
             teacher=teacher_out,
-            teacher_constants=teacher.constants if teacher else None,
+            teacher_constants=run.teacher_constants,
             params=trainable.get("loss", {}),
-            mined_mapping=None if run.mined_mapping is None else jnp.asarray(run.mined_mapping),
+            mined_mapping=mined,
         )
         values, metrics = [], {}
         for loss in losses:
@@ -141,105 +120,9 @@ def _make_mesh(n_data_parallel: int, n_model_parallel: int) -> Mesh:
     return make_mesh(n_data_parallel, n_model_parallel, devices=devices)
 
 
-def _batch_shardings(mesh: Mesh, example: Mapping[str, np.ndarray]) -> dict:
-    return {k: NamedSharding(mesh, PartitionSpec("data", *([None] * (v.ndim - 1))))
-            for k, v in example.items()}
-
-
-def _to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict:
-    """Per-process numpy batches -> global arrays sharded over the data axis."""
-    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where the training and validation texts come from and how they are encoded.
-
-    train_source / eval_source: built with `tokenkit.data.sources.make_source` (Gin:
-      `train/make_source.paths = [...]`, `eval/make_source.paths = [...]`).
-    eval_texts: how many validation texts (`text` records) the bits-per-byte
-      evaluation scores.
-    eval_chats: how many validation conversations (`messages` records) whose last,
-      assistant message is scored given the rest through the chat template
-      (`answer_bits_per_byte`: the same bytes for every tokenizer, template tokens only
-      condition).
-    pack: for runs without a teacher, concatenate examples into full rows of
-      `max_student_length` instead of padding each (pretraining-style; several times
-      fewer wasted positions on short chat records).
-    """
-
-    batch_size: int = 16
-    num_workers: int = 0
-    max_teacher_length: int = 512
-    max_student_length: int = 512
-    use_chat_template: bool = True
-    chat_template_mode: str = "direct_encode"
-    loss_mask_mode: str | None = None
-    eval_texts: int = 64
-    eval_chats: int = 128
-    eval_max_length: int = 1024
-    pack: bool = False
-
-
-def build_data(
-    run: setup_lib.RunSetup, data_config: DataConfig, seed: int, bias_threshold: float
-) -> tuple[Any, dict[str, np.ndarray]]:
-    """The run's Grain dataset, and one example batch row giving the keys and shapes.
-
-    The example comes from encoding the first record directly, so the iterator stays
-    untouched (a checkpoint at step 0 holds the true start of the data).
-    """
-    chunkings = required_chunkings(run.losses)
-    aligner = None
-    if chunkings:
-        bias = None
-        if "unbiased" in chunkings:
-            if run.pair_data is None:
-                raise ValueError(
-                    "alm_unbiased needs build_run.tokenizer_pair_data_path with bias matrices "
-                    "(tools/compute_tokenizer_info.py)."
-                )
-            bias = run.pair_data.bias_matrices
-        aligner = Aligner(run.teacher.tokenizer, run.student.tokenizer, bias_matrices=bias,
-                          bias_threshold=bias_threshold)
-
-    def side_encoder(tokenizer, max_length):
-        return encoding.SideEncoder(
-            tokenizer, max_length, use_chat_template=data_config.use_chat_template,
-            chat_template_mode=data_config.chat_template_mode,
-            loss_mask_mode=data_config.loss_mask_mode,
-        )
-
-    with gin.config_scope("train"):
-        source = sources.make_source()
-    if data_config.pack:
-        if run.teacher is not None:
-            raise ValueError("DataConfig.pack is for runs without a teacher (e.g. losses=['sft']).")
-        # Records longer than 16 rows are cut (and counted); shorter ones are split
-        # across rows by the packer.
-        transform = encoding.StreamEncoder(
-            side_encoder(run.student.tokenizer, 16 * data_config.max_student_length)
-        )
-        example = {f"{k}_student": np.zeros((1, data_config.max_student_length))
-                   for k in ("input_ids", "loss_mask", "attention_mask")}
-    else:
-        transform = encoding.PairEncoder(
-            teacher=side_encoder(run.teacher.tokenizer, data_config.max_teacher_length)
-            if run.teacher else None,
-            student=side_encoder(run.student.tokenizer, data_config.max_student_length),
-            aligner=aligner, chunkings=chunkings,
-        )
-        record = source[0] if hasattr(source, "__getitem__") else next(iter(source))
-        example = {k: np.asarray(v)[None] for k, v in transform(record).items()
-                   if k not in HOST_ONLY_KEYS}
-    dataset = pipeline.make_dataset(
-        source, transform, batch_size=data_config.batch_size, seed=seed,
-        num_workers=data_config.num_workers,
-        pack_length=data_config.max_student_length if data_config.pack else None,
-        pack_keys=("input_ids_student", "loss_mask_student") if data_config.pack else (),
-    )
-    return dataset, example
+def _to_global(batch: Batch, shardings: Any) -> Batch:
+    """A per-process batch -> global arrays sharded over the data axis."""
+    return jax.tree.map(jax.make_array_from_process_local_data, shardings, batch)
 
 
 class _Throughput:
@@ -255,13 +138,12 @@ class _Throughput:
         self.steps = 0
         self.since = now
 
-    def record(self, batch: Mapping[str, np.ndarray], wait_s: float) -> None:
+    def record(self, batch: Batch, wait_s: float) -> None:
         self.wait_s += wait_s
         self.steps += 1
-        for side in ("student", "teacher"):
-            self.truncated[side] += int(np.sum(batch.get(f"truncated_{side}", 0)))
-            if f"attention_mask_{side}" in batch:
-                self.tokens[side] += int(np.sum(batch[f"attention_mask_{side}"]))
+        for name, side in batch.sides().items():
+            self.truncated[name] += side.num_truncated()
+            self.tokens[name] += side.num_tokens()
 
     def metrics(self) -> tuple[dict[str, float], float]:
         """Rates since the last call, and seconds per step; then starts counting anew."""
@@ -296,11 +178,9 @@ def train(
     save_interval: int = 0,
     eval_at_step_zero: bool = False,
     save_at_step_zero: bool = False,
-    keep_checkpoints: int = 3,
     export: bool = True,
     eval_tasks: Sequence[str] = (),
     gradmag_probe: str = "final_norm",
-    tokenizer_pair_bias_threshold: float = 1e-3,
 ) -> dict[str, Any]:
     """Trains as configured by Gin; returns the final evaluation (for callers and tests).
 
@@ -320,9 +200,11 @@ def train(
         (the student's final norm scale: a forward pass and small backward ones) or
         `last_layer` (the upstream's choice: the last layer's trainable parameters,
         which costs one backward pass through the whole layer stack per loss).
-      tokenizer_pair_bias_threshold: bias below which a token pair ends an `unbiased`
-        chunk (bias matrices from `build_run.tokenizer_pair_data_path`). ALM's
-        space-probability merging has its own threshold, `AlmOptions`'s.
+
+    What else a run is made of is bound on its own configurable: `build_run.*` (models,
+    tokenizers, transfer, training mode), `DataConfig.*`, `TokenizerPair.*` (the pair
+    directory and its thresholds), the loss options, `Aggregation.*`, the optimizer,
+    `Checkpointer.*` (e.g. `keep`) and `MetricsWriter.*`.
     """
     if workdir is None:
         raise ValueError("train needs --workdir (checkpoints, metrics and the export go there).")
@@ -330,14 +212,21 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = _make_mesh(n_data_parallel, n_model_parallel)
     logging.info("Mesh: %s", dict(mesh.shape))
+    if gradmag_probe not in GRADMAG_PROBES:
+        raise ValueError(f"Unknown gradmag_probe {gradmag_probe!r}; valid: {', '.join(GRADMAG_PROBES)}.")
     data_config = DataConfig()
-    run = setup_lib.build_run(mesh, losses, seed)
+    pair = TokenizerPair()
+    run = setup_lib.build_run(mesh, losses, seed, pair)
     loss_names = tuple(l.name for l in run.losses)
     aggregation = agg.Aggregation()
     schedule = optim.learning_rate_schedule(steps)
     tx = optim.make_optimizer(run.trainable, schedule)
 
-    dataset, example = build_data(run, data_config, seed, tokenizer_pair_bias_threshold)
+    dataset, example = build_data(
+        data_config, student=run.student.tokenizer,
+        teacher=None if run.teacher is None else run.teacher.tokenizer,
+        chunkings=required_chunkings(run.losses), seed=seed, pair=pair, pair_data=run.pair_data,
+    )
     data_iter = iter(dataset)
 
     # --- state, step ----------------------------------------------------------------
@@ -349,14 +238,16 @@ def train(
         lambda p: step_lib.init_train_state(p, tx, jax.random.key(seed), aggregation, len(loss_names)),
     )(trainable)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    if gradmag_probe not in GRADMAG_PROBES:
-        raise ValueError(f"Unknown gradmag_probe {gradmag_probe!r}; valid: {', '.join(GRADMAG_PROBES)}.")
     train_step = step_lib.make_train_step(
         make_loss_fn(run), tx, aggregation, loss_names=loss_names, total_steps=steps,
         grad_acc_steps=grad_acc_steps, learning_rate_fn=schedule,
         probe=GRADMAG_PROBES[gradmag_probe](),
     )
-    batch_sh = _batch_shardings(mesh, example)
+    # Shardings of the *global* batch, from the logical-axis rules (batch over "data").
+    global_shapes = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((data_config.batch_size,) + x.shape[1:], x.dtype), example
+    )
+    batch_sh = batch_shardings(mesh, global_shapes, run.rules)
     jit_step = jax.jit(
         train_step,
         in_shardings=(state_shardings, batch_sh, run.frozen_shardings),
@@ -364,7 +255,7 @@ def train(
         donate_argnums=(0,),
     )
 
-    checkpointer = Checkpointer(workdir, keep=keep_checkpoints)
+    checkpointer = Checkpointer(workdir)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0,
                            config={"losses": list(loss_names), "steps": steps})
     start = checkpointer.latest_step()
@@ -409,7 +300,7 @@ def train(
             t0 = time.perf_counter()
             batch = next(data_iter)
             throughput.record(batch, time.perf_counter() - t0)
-            device_batch = _to_global({k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS}, batch_sh)
+            device_batch = _to_global(batch.for_device(), batch_sh)
             # Traced (on the first call) with the mesh and rules, so the models'
             # activation constraints apply.
             with sharding_context(mesh, run.rules):
@@ -463,7 +354,7 @@ def export_student(run: setup_lib.RunSetup, trainable: Any, frozen: Any, out_dir
     """
     params = jax.device_get(run.student_params(trainable, frozen))
     if trainable.get("lora"):
-        params = merge_lora(params, jax.device_get(trainable["lora"]), alpha=run.lora_config.alpha)
+        params = merge_lora(params, jax.device_get(trainable["lora"]), alpha=run.lora.alpha)
     params = {k: v for k, v in params.items() if k != "expand_embedder"}
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
     save_pretrained(out_dir, run.student.config, params, tokenizer=run.student.tokenizer)

@@ -51,7 +51,7 @@ def make_model(size: str, dtype: str) -> EvalModel:
     tokenizer = load_byteify_tokenizer(TOKENIZER)
     config = ModelConfig("llama", vocab_size=len(tokenizer), max_position_embeddings=4096,
                          **SIZES[size])
-    return EvalModel.create(config, init_params(Transformer(config), 0), tokenizer, dtype=dtype)
+    return EvalModel.build(config, init_params(Transformer(config), 0), tokenizer, dtype=dtype)
 
 
 def no_stop_vocabulary(model: EvalModel) -> ensemble.UnifiedVocabulary:
@@ -100,7 +100,7 @@ def bench_generator(model: EvalModel, batch: int, prompt_len: int, new_tokens: i
 def bench_naive(model: EvalModel, prompt_len: int, new_tokens: int) -> dict:
     """Greedy decoding by a full forward over the padded sequence per token (batch 1)."""
     length = prompt_len + new_tokens
-    forward = jax.jit(lambda p, x, m: model.forward(p, x, m)[0])
+    forward = jax.jit(lambda p, x, m: model.forward(p, x, m).logits)
     ids = np.zeros((1, length), np.int32)
     ids[0, :prompt_len] = np.random.default_rng(0).integers(0, 4000, prompt_len)
 

@@ -33,6 +33,7 @@ from absl import app, flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.losses import dense_reference  # noqa: E402
+from tests.losses.support import as_batch  # noqa: E402
 from tokenkit.losses import AlmOptions, LossContext, ModelOutputs, TokenizerConstants  # noqa: E402
 from tokenkit.losses.alm import alm_loss  # noqa: E402
 from tokenkit.losses.sft import sft_loss  # noqa: E402
@@ -107,7 +108,7 @@ def run_one(suite: str, length: int) -> dict:
     t_logits = jnp.asarray(rng.normal(size=(FLAGS.batch, length, vocab)), jnp.float32)
 
     def ours(s, t, batch):
-        ctx = LossContext(batch, ModelOutputs(s), s_const, ModelOutputs(t), t_const)
+        ctx = LossContext(as_batch(batch), ModelOutputs(s), s_const, ModelOutputs(t), t_const)
         return alm_loss(ctx, "unconstrained", OPTIONS)[0] + sft_loss(ctx)[0]
 
     def dense(s, t, batch):
