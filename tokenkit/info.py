@@ -47,7 +47,7 @@ def tiny_world_contents(data_dir: Path = entry.REPO_ROOT / "data") -> dict[str, 
     return contents
 
 
-@gin.configurable
+@gin.configurable(denylist=["workdir"])
 def info(workdir: Path | None = None, *, show_devices: bool = True) -> str:
     """Builds (and prints) the report; returns it for tests and callers."""
     del workdir  # info writes nothing

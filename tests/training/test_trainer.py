@@ -79,6 +79,40 @@ def _export(workdir):
     return load_file(str(workdir / trainer.EXPORT_DIR / "model.safetensors"))
 
 
+def _check_export_stops_at_end_of_turn(workdir, spec):
+    """The export's config.json names the family's tokens, and transformers' generate()
+    on it stops at the family's end-of-turn token."""
+    import torch
+    import transformers
+    from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
+
+    from tokenkit.byteify import load_byteify_tokenizer
+
+    export = workdir / trainer.EXPORT_DIR
+    tokenizer = load_byteify_tokenizer(spec)
+    family = tokenizer.family
+    end_of_turn = tokenizer.convert_tokens_to_ids(family.first_token("eot"))
+    config = json.loads((export / "config.json").read_text())
+    eos = config["eos_token_id"] if isinstance(config["eos_token_id"], list) else [config["eos_token_id"]]
+    assert end_of_turn in eos
+    assert config["bos_token_id"] == tokenizer.bos_token_id
+    assert config["pad_token_id"] == tokenizer.pad_token_id
+
+    class EndTurnAtStep3(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == prompt.shape[1] + 3:
+                scores[:] = -1e9
+                scores[:, end_of_turn] = 0.0
+            return scores
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(export)
+    prompt = torch.tensor([tokenizer.encode("Hello there", add_special_tokens=True)])
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
+                         do_sample=False, logits_processor=LogitsProcessorList([EndTurnAtStep3()]))
+    new = out[0, prompt.shape[1]:].tolist()
+    assert len(new) == 4 and new[-1] == end_of_turn  # three tokens, then the end of turn
+
+
 def test_resume_after_a_crash_is_exact(tiny_model, tmp_path, monkeypatch):
     settings = ("train.steps = 6", "train.save_interval = 3", "train.losses = ['sft']")
     _configure(tiny_model, *settings)
@@ -102,6 +136,7 @@ def test_resume_after_a_crash_is_exact(tiny_model, tmp_path, monkeypatch):
     trainer.train(tmp_path / "resumed")
 
     straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    _check_export_stops_at_end_of_turn(tmp_path / "straight", LLAMA3)
     assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4, 5, 6]
     assert straight == resumed  # identical logged losses, bit for bit
     a, b = _export(tmp_path / "straight"), _export(tmp_path / "resumed")
@@ -158,6 +193,7 @@ def test_transfer_to_bytes_with_expansion_latents_and_gradmag(tiny_model, tmp_pa
     assert any(k.startswith("approx_loss_weight/") for k in records[-1])
     config = json.loads((tmp_path / "bytes" / trainer.EXPORT_DIR / "config.json").read_text())
     assert config["vocab_size"] == 320 and config["tie_word_embeddings"] is False
+    _check_export_stops_at_end_of_turn(tmp_path / "bytes", f"{LLAMA3}:conversion=byte")
 
 
 def test_lora_transfer_keeps_the_teacher_frozen(tiny_model, tmp_path):
@@ -171,6 +207,7 @@ def test_lora_transfer_keeps_the_teacher_frozen(tiny_model, tmp_path):
     assert result["student/bits_per_byte"] > 0 and result["teacher/bits_per_byte"] > 0
     exported = _export(tmp_path / "lora")
     assert exported["model.embed_tokens.weight"].shape == (4032, 32)  # 4000 padded to 64
+    _check_export_stops_at_end_of_turn(tmp_path / "lora", GEMMA2)
 
 
 def test_malformed_training_data_names_file_and_line(tiny_model, tmp_path):
@@ -256,7 +293,7 @@ def test_each_cross_tokenizer_loss_trains(tiny_model, tmp_path, loss):
 def test_lm_eval_tasks_at_evaluation(tiny_model, tmp_path):
     _configure(
         tiny_model, "train.steps = 1", "train.losses = ['sft', 'alm_unconstrained']",
-        f"build_run.target_tokenizer = '{GEMMA2}'", "train.eval_tasks = ['tiny_world_mc']",
+        f"build_run.target_tokenizer = '{GEMMA2}'", "eval.tasks = ['tiny_world_mc']",
         "eval.limit = 4", "eval.lengths = [64, 128]", "eval.tokens_per_batch = 512",
     )
     result = trainer.train(tmp_path / "run")

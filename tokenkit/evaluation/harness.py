@@ -167,6 +167,29 @@ def _evaluate_models(models: list[EvalModel], combine_strategy: str,
     return run_tasks(lm, **{k: args[k] for k in _RUN_ARGS})
 
 
+def bound_tasks() -> tuple[str, ...]:
+    """The lm-eval tasks bound to `eval.tasks` (none when unbound): what a training run
+    evaluates at each evaluation (`training.evaluator`).
+
+    Raises:
+      ValueError: `eval.model` or `eval.tokenizer` is bound too; a training run scores its
+        own student, so those bindings could not take effect.
+    """
+    for name in ("eval.model", "eval.tokenizer"):
+        try:
+            value = gin.query_parameter(name)
+        except ValueError:
+            continue
+        raise ValueError(
+            f"{name} = {value!r} is bound in a training run, which evaluates its own student "
+            "(and teacher); bind it only for python -m tokenkit.eval."
+        )
+    try:
+        return tuple(gin.query_parameter("eval.tasks"))
+    except ValueError:
+        return ()
+
+
 @gin.configurable("eval", denylist=["output_dir"])
 def evaluate(
     model: ModelRef = gin.REQUIRED,

@@ -21,7 +21,7 @@ from absl import logging
 CHECKPOINT_DIR = "checkpoints"
 
 
-@gin.configurable
+@gin.configurable(denylist=["workdir"])
 class Checkpointer:
     """Saves and restores `(state, data iterator)` pairs under `workdir/checkpoints`.
 

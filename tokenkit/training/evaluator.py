@@ -6,7 +6,8 @@ bytes (so tokenizers compare):
 - `bits_per_byte`: whole validation texts (`text` records);
 - `answer_bits_per_byte`: the final, assistant message of validation conversations given
   the rest through each family's chat template (template tokens only condition);
-- optionally lm-eval tasks (the frozen teacher is scored on them once).
+- the lm-eval tasks of `eval.tasks`, when bound, with the other `eval.*` settings (the
+  frozen teacher is scored on them once).
 """
 
 from __future__ import annotations
@@ -60,18 +61,16 @@ class Evaluator:
 
     Args:
       run: the run's setup.
-      tasks: lm-eval tasks (settings from Gin `eval.*`); results also go to
-        `workdir/lm_eval/<side>_step_<n>/`.
       eval_texts, eval_chats: how many validation texts / conversations to score, read
         from the `eval/make_source` source.
       max_length: longest forward pass for texts (longer ones are windowed).
     """
 
-    def __init__(self, run: setup_lib.RunSetup, tasks: Sequence[str], workdir: Path, *,
+    def __init__(self, run: setup_lib.RunSetup, workdir: Path, *,
                  eval_texts: int, eval_chats: int, max_length: int):
         self.run = run
         self.max_length = max_length
-        self.tasks = tuple(tasks)
+        self.tasks = harness.bound_tasks()
         self.workdir = workdir
         self._teacher_tasks: dict[str, float] | None = None
         with gin.config_scope("eval"):
@@ -105,7 +104,7 @@ class Evaluator:
     def _tasks(self, model: EvalModel, step: int) -> dict[str, float]:
         name = model.name
         results = harness.evaluate(
-            model, tasks=self.tasks,
+            model,
             output_dir=self.workdir / "lm_eval" / f"{name}_step_{step}",
         )
         out = {}

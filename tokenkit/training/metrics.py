@@ -38,7 +38,7 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@gin.configurable
+@gin.configurable(denylist=["workdir", "config", "enabled"])
 class MetricsWriter:
     """Writes scalar metrics to JSONL, TensorBoard and (optionally) W&B.
 

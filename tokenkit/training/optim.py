@@ -35,7 +35,7 @@ def path_string(path: Sequence[Any]) -> str:
     return "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
 
 
-@gin.configurable
+@gin.configurable(denylist=["steps"])
 def learning_rate_schedule(
     steps: int,
     *,
@@ -131,7 +131,7 @@ def param_group_labels(
     return labels, scales
 
 
-@gin.configurable
+@gin.configurable(denylist=["trainable_params", "schedule"])
 def make_optimizer(
     trainable_params: Mapping[str, Any],
     schedule: optax.Schedule,

@@ -179,7 +179,6 @@ def train(
     eval_at_step_zero: bool = False,
     save_at_step_zero: bool = False,
     export: bool = True,
-    eval_tasks: Sequence[str] = (),
     gradmag_probe: str = "final_norm",
 ) -> dict[str, Any]:
     """Trains as configured by Gin; returns the final evaluation (for callers and tests).
@@ -193,9 +192,6 @@ def train(
       n_data_parallel, n_model_parallel: mesh shape (one may be -1: the rest).
       log_interval / sync_interval: metrics lines / host syncs (non-finite checks).
       eval_interval, save_interval: 0 disables (the end of training always saves).
-      eval_tasks: lm-eval tasks to run on the student at each evaluation (settings from
-        Gin `eval.*`, e.g. gin/eval/tiny_world.gin); the frozen teacher is scored on them
-        once. Results also go to `workdir/lm_eval/step_<n>/`.
       gradmag_probe: where GradMag / GradNorm measure each loss's gradient: `final_norm`
         (the student's final norm scale: a forward pass and small backward ones) or
         `last_layer` (the upstream's choice: the last layer's trainable parameters,
@@ -204,7 +200,10 @@ def train(
     What else a run is made of is bound on its own configurable: `build_run.*` (models,
     tokenizers, transfer, training mode), `DataConfig.*`, `TokenizerPair.*` (the pair
     directory and its thresholds), the loss options, `Aggregation.*`, the optimizer,
-    `Checkpointer.*` (e.g. `keep`) and `MetricsWriter.*`.
+    `Checkpointer.*` (e.g. `keep`), `MetricsWriter.*`, and `eval.*`: with `eval.tasks`
+    bound (e.g. by including gin/eval/tiny_world.gin), every evaluation also runs those
+    lm-eval tasks on the student with the other `eval.*` settings (the frozen teacher
+    once); results also go to `workdir/lm_eval/<side>_step_<n>/`.
     """
     if workdir is None:
         raise ValueError("train needs --workdir (checkpoints, metrics and the export go there).")
@@ -267,7 +266,7 @@ def train(
         start = 0
 
     evaluator = Evaluator(
-        run, eval_tasks, workdir, eval_texts=data_config.eval_texts,
+        run, workdir, eval_texts=data_config.eval_texts,
         eval_chats=data_config.eval_chats, max_length=data_config.eval_max_length,
     )
     final_eval: dict[str, Any] = {}
