@@ -229,3 +229,46 @@ def test_slot_markers_take_precedence_over_text(specs):
     assert ids[0] == eot
     assert ids[1:] == tokenizer.encode("<|<eot|>", add_special_tokens=False)
     assert families.slot_marker("eot") == "<|<eot>|>"
+
+
+# ---------------------------------------------------------- token structure
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_each_token_knows_its_message_and_part(specs, name):
+    tokenizer = _load(specs[name])
+    conversation = [{"role": "system", "content": "Be brief."}] + MESSAGES
+    encoded = prompts.encode_prompt(prompts.preprocess_messages(conversation), tokenizer)
+    assert encoded.message_roles == ["system", "user", "assistant", "user"]
+    assert len(encoded.parts) == len(encoded.messages) == len(encoded.ids)
+    for index, message in enumerate(conversation):
+        content = [i for i, m, p in zip(encoded.ids, encoded.messages, encoded.parts)
+                   if m == index and p == "content"]
+        # The content tokens are exactly the tokens of the message's text.
+        assert content == tokenizer.encode(message["content"], add_special_tokens=False)
+        end = [i for i, m, p in zip(encoded.ids, encoded.messages, encoded.parts) if m == index and p == "end"]
+        assert end == tokenizer.convert_tokens_to_ids(list(tokenizer.family.slot("eot")))
+    bos = tokenizer.family.slot("bos")
+    assert encoded.messages[: len(bos or ())] == [-1] * len(bos or ())
+    answer = encoded.mask(roles=("assistant",), parts=("content",), message=-2)
+    assert [i for i, keep in zip(encoded.ids, answer) if keep] == tokenizer.encode(
+        MESSAGES[1]["content"], add_special_tokens=False)
+    assert not any(encoded.mask(roles=("assistant",), parts=("content",), message=-1))
+    with pytest.raises(ValueError, match="Unknown parts \\['answer'\\]"):
+        encoded.mask(roles=("user",), parts=("answer",))
+
+
+def test_a_plain_text_is_outside_any_message(specs):
+    tokenizer = _load(specs["llama3_bpe"])
+    encoded = prompts.encode_prompt(prompts.preprocess_prompt("Just text.", "direct_encode"), tokenizer)
+    assert set(encoded.messages) == {-1} and encoded.message_roles == []
+    assert encoded.parts[1:-1] == ["text"] * (len(encoded.ids) - 2)
+
+
+def test_encode_text_adds_or_removes_bos(specs):
+    llama, qwen = _load(specs["llama3_bpe"]), _load(specs["qwen2_bpe"])
+    bos = llama.bos_token_id
+    assert prompts.encode_text("Hi", llama, bos=True)[0] == bos
+    assert prompts.encode_text(f"{BOS}Hi", llama, bos=False)[0] != bos
+    assert prompts.encode_text(f"{BOS}Hi", llama, bos=True).count(bos) == 1
+    assert prompts.encode_text("Hi", qwen, bos=True) == qwen.encode("Hi", add_special_tokens=False)
