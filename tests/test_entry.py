@@ -155,3 +155,26 @@ def test_score_shorthand_flags_are_listed():
 )
 def test_multiprocess_detection(environ, expected):
     assert entry.is_multiprocess_environment(environ) is expected
+
+
+def test_compilation_cache_location(monkeypatch, tmp_path):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TOKENKIT_CACHE", str(tmp_path))
+    assert entry.compilation_cache_dir() == tmp_path / "jax"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert entry.compilation_cache_dir() == tmp_path / "elsewhere"
+
+
+def test_an_entrypoint_fills_the_persistent_compilation_cache(tmp_path):
+    cache = tmp_path / "jax"
+    text = tmp_path / "lines.txt"
+    text.write_text("The river runs past the old mill.\nA second line.\n")
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    model = REPO / "data" / "models" / "tiny_teacher"
+    subprocess.run(
+        [sys.executable, "-m", "tokenkit.score", f"--model={model}",
+         f"--tokenizer={model}:source=Llama3", f"--text_file={text}"],
+        check=True, env=env, cwd=tmp_path, capture_output=True,
+    )
+    assert any(p.name.startswith("jit__score_batch") for p in cache.iterdir())
