@@ -94,8 +94,18 @@ def alm_dense(
     distill_main_path_numerator="chunk_count",
     distill_main_path_denominator="chunk_count",
     global_batch=None,
+    upstream_double_merge=False,
 ):
-    """The ALM loss and its diagnostics, dense; `global_batch` None = the batch itself."""
+    """The ALM loss and its diagnostics, dense; `global_batch` None = the batch itself.
+
+    With `merge_by_space_prob`, the global chunk count is the merged count of this
+    batch (one micro-batch = the step; ours estimates it for several micro-batches).
+    `upstream_double_merge=True` reproduces the upstream's denominator instead: it
+    applies the merging matrix to the already merged counts a second time
+    (`global_aligned_count = aligned_count @ chunk_merging_matrix` after `aligned_count`
+    was merged), which relabels merged chunks as if they were unmerged ones and so
+    counts fewer chunks than the loss sums over.
+    """
     global_batch = batch if global_batch is None else global_batch
     len_t = batch["input_ids_teacher"].shape[1]
     len_s = batch["input_ids_student"].shape[1]
@@ -148,8 +158,8 @@ def alm_dense(
         t_space = jnp.take_along_axis(t_space, last_m, -1)
         s_space = jnp.take_along_axis(s_space, last_m, -1)
         count = jnp.einsum("bc,bcm->bm", count, merge)
-        # As upstream: the merged global count is the local merged one.
-        global_count = count
+        # The chunks the loss sums over are the merged ones: count each once.
+        global_count = jnp.einsum("bc,bcm->bm", count, merge) if upstream_double_merge else count
         report["teacher_avg_chunk_lengths_after_merge"] = count.mean() / (count > 0).mean()
         report["t_min_aligned_space_logp"] = (t_space * (count > 0)).min()
 

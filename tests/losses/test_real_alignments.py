@@ -147,3 +147,36 @@ def test_mined_equals_dense_with_the_committed_mapping(build):
     )
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
     assert float(diag["mined_one_to_one_mask_sum"]) > 0
+
+
+def test_the_upstream_counts_merged_chunks_twice(build):
+    """The upstream's `merge_by_space_prob` denominator merges the aligned counts a second
+    time; with a trained teacher's space probabilities on real tiny-world batches that
+    undercounts the chunks the loss sums over, so its loss is larger than ours even with
+    one micro-batch. Ours counts each merged chunk once (docs/losses.md, "Where we
+    differ")."""
+    import jax
+
+    from tokenkit.models import load_pretrained
+    from tokenkit.models.side import ModelSide
+
+    ctx, _, batch = build("subword")
+    config, params = load_pretrained(DATA_DIR / "models" / "tiny_teacher")
+    teacher = ModelSide.create(config, load_byteify_tokenizer(f"{DATA_DIR}/models/tiny_teacher:source=Llama3"))
+    t_logits = teacher.forward(params, batch["input_ids_teacher"], batch["attention_mask_teacher"]).logits
+    ctx = dataclasses.replace(ctx, teacher=dataclasses.replace(ctx.teacher, logits=t_logits))
+    options = dict(alm_mode="merge_by_space_prob+append_space", chunking="unconstrained",
+                   student_vocab_mask=ctx.student_constants.vocab_mask,
+                   teacher_vocab_mask=ctx.teacher_constants.vocab_mask,
+                   student_space_mask=ctx.student_constants.space_mask,
+                   teacher_space_mask=ctx.teacher_constants.space_mask)
+    ours, diagnostics = alm_loss(ctx, "unconstrained", AlmOptions())
+    once, _ = dense.alm_dense(batch, ctx.student.logits, t_logits, **options)
+    twice, _ = dense.alm_dense(batch, ctx.student.logits, t_logits, upstream_double_merge=True, **options)
+    np.testing.assert_allclose(ours, once, rtol=1e-5)
+    # The trained teacher merges chunks (else the two would agree).
+    assert float(diagnostics["teacher_avg_chunk_lengths_after_merge"]) > float(
+        diagnostics["teacher_avg_chunk_lengths"])
+    ratio = float(twice) / float(once)
+    print(f"upstream / ours = {ratio:.2f}")
+    assert ratio > 1.15, ratio
