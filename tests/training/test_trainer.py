@@ -326,3 +326,33 @@ def test_answer_bits_per_byte_scores_only_the_answer(tiny_model):
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     expected = -sum(float(logp[len(prompt) + i - 1, t]) for i, t in enumerate(answer))
     assert got == pytest.approx(expected / math.log(2) / 3, rel=1e-5)
+
+
+def test_dry_run_compiles_reports_the_cost_and_trains_nothing(tiny_model, tmp_path):
+    _configure(tiny_model, "train.steps = 5", "train.losses = ['sft', 'alm_unconstrained']",
+               f"build_run.target_tokenizer = '{GEMMA2}'", "train.dry_run = True")
+    result = trainer.train(tmp_path / "dry")
+    cost = result["dry_run"]
+    # sft + ALM: the student trains on 4 x 48 tokens, the teacher reads 4 x 32.
+    assert cost["tokens"] == 4 * 48 + 4 * 32
+    from tokenkit.models import load_config
+    from tokenkit.training.cost import forward_flops_per_token
+
+    teacher = load_config(tiny_model)
+    assert cost["xla_flops"] > 0 and cost["temp_bytes"] > 0 and cost["argument_bytes"] > 0
+    # The model count: the student (4000 Gemma tokens padded to 4032) trains, the teacher reads.
+    import dataclasses
+    student = dataclasses.replace(teacher, vocab_size=4032)
+    expected = (3 * forward_flops_per_token(student, 48) * 4 * 48
+                + forward_flops_per_token(teacher, 32) * 4 * 32)
+    assert cost["model_flops"] == pytest.approx(expected)
+    assert not (tmp_path / "dry" / "checkpoints").exists()
+    assert not (tmp_path / "dry" / "metrics.jsonl").exists()
+
+
+def test_mfu_is_logged_with_a_device_peak(tiny_model, tmp_path):
+    _configure(tiny_model, "train.steps = 2", "train.losses = ['sft']",
+               "train.device_peak_tflops = 0.5")
+    trainer.train(tmp_path / "run")
+    records = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert all(0 < r["mfu"] < 1 for r in records)

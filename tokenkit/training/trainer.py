@@ -39,6 +39,7 @@ from tokenkit.losses import aggregation as agg
 from tokenkit.models import batch_shardings, make_mesh, merge_lora, save_pretrained
 from tokenkit.models.sharding import sharding_context
 from tokenkit.progress import format_duration
+from tokenkit.training import cost as cost_lib
 from tokenkit.training import optim, setup as setup_lib, step as step_lib
 from tokenkit.training.checkpoint import Checkpointer, abstract_like
 from tokenkit.training.evaluator import Evaluator, report
@@ -180,6 +181,8 @@ def train(
     save_at_step_zero: bool = False,
     export: bool = True,
     gradmag_probe: str = "final_norm",
+    dry_run: bool = False,
+    device_peak_tflops: float | None = None,
 ) -> dict[str, Any]:
     """Trains as configured by Gin; returns the final evaluation (for callers and tests).
 
@@ -196,6 +199,12 @@ def train(
         (the student's final norm scale: a forward pass and small backward ones) or
         `last_layer` (the upstream's choice: the last layer's trainable parameters,
         which costs one backward pass through the whole layer stack per loss).
+      dry_run: build everything, compile the step, report its cost (FLOPs, memory) and
+        return without training (`{"dry_run": cost}`); nothing is written but the
+        operative config.
+      device_peak_tflops: peak FLOP/s per device (in TFLOP/s) for the MFU logged with the
+        metrics; default: the dense bf16 figure of the host's device kind
+        (`training.cost.PEAK_FLOPS`), none on a CPU.
 
     What else a run is made of is bound on its own configurable: `build_run.*` (models,
     tokenizers, transfer, training mode), `DataConfig.*`, `TokenizerPair.*` (the pair
@@ -253,6 +262,24 @@ def train(
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
+    # Compiled ahead of the loop (traced with the mesh and rules, so the models'
+    # activation constraints apply), which also tells what a step costs.
+    batch_spec = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                              global_shapes, batch_sh)
+    with sharding_context(mesh, run.rules):
+        compiled_step = jit_step.lower(state, batch_spec, frozen).compile()
+    cost = cost_lib.step_cost(
+        compiled_step,
+        student=run.student.config, student_shape=global_shapes.student.input_ids.shape,
+        teacher=None if run.teacher is None else run.teacher.config,
+        teacher_shape=None if global_shapes.teacher is None else global_shapes.teacher.input_ids.shape,
+    )
+    peak = cost_lib.device_peak(device_peak_tflops)
+    logging.info("%s; peak %s per device x %d devices.", cost.summary(),
+                 "unknown" if peak is None else f"{peak / 1e12:.0f} TFLOP/s", mesh.size)
+    if dry_run:
+        print(cost.summary())
+        return {"dry_run": cost.as_dict()}
 
     checkpointer = Checkpointer(workdir)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0,
@@ -302,12 +329,13 @@ def train(
             device_batch = _to_global(batch.for_device(), batch_sh)
             # Traced (on the first call) with the mesh and rules, so the models'
             # activation constraints apply.
-            with sharding_context(mesh, run.rules):
-                state, metrics = jit_step(state, device_batch, frozen)
+            state, metrics = compiled_step(state, device_batch, frozen)
             if step_num % log_interval == 0 or step_num == steps:
                 jax.block_until_ready(metrics["loss"])
                 rates, per_step = throughput.metrics()
                 metrics = {**metrics, **rates}
+                if peak is not None:
+                    metrics["mfu"] = cost.mfu(per_step, peak, mesh.size)
                 logging.info("step %d/%d, ETA %s", step_num, steps,
                              format_duration((steps - step_num) * per_step))
             pending.append((step_num, metrics))
