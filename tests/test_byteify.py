@@ -80,7 +80,7 @@ def test_spec_fields_and_families():
         ("dir:source=Llama3:flavour=x", "unknown key 'flavour'; valid keys: source, target, conversion"),
         ("dir:source=Llama4", "Unknown model family 'Llama4'.*known families: Qwen2, Qwen3, Llama3"),
         ("dir:source=Llama3:target=Nope", "Unknown model family 'Nope'"),
-        ("dir:source=Llama3:conversion=bytes", "Unknown conversion 'bytes'; valid conversions: byte, prebyteified, manual_add_prefix_space"),
+        ("dir:source=Llama3:conversion=bytes", "Unknown conversion 'bytes'; valid conversions: byte, pure_byte, prebyteified, manual_add_prefix_space"),
         ("dir:source", "'source' is not of the form key=value"),
         ("dir:Llama3", "'Llama3' is not of the form key=value"),
         ("dir:source=Llama3:source=Qwen2", "key 'source' is given twice"),
@@ -295,8 +295,8 @@ def _leading_special(family: families.Family) -> str:
 
 @pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("target", [None, "Gemma2", "Qwen2"])
-def test_byte_conversion(specs, name, target, tmp_path):
-    spec = specs[name] + (f":target={target}" if target else "") + ":conversion=byte"
+def test_pure_byte_conversion(specs, name, target, tmp_path):
+    spec = specs[name] + (f":target={target}" if target else "") + ":conversion=pure_byte"
     tokenizer = load_byteify_tokenizer(spec)
     family = tokenizer.family
     special = _leading_special(family)
@@ -313,7 +313,7 @@ def test_byte_conversion(specs, name, target, tmp_path):
     assert tokenizer.encode("Hi") == with_bos + [ord("H"), ord("i")]
     # Template words exist as whole ids but text never produces them.
     user = tokenizer.convert_tokens_to_ids("user")
-    assert user >= 256 and tokenizer.encode("user", add_special_tokens=False) == list(b"user")
+    assert user >= 256 and tokenizer.encode("user\n\n", add_special_tokens=False) == list(b"user\n\n")
 
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
@@ -324,13 +324,203 @@ def test_byte_conversion(specs, name, target, tmp_path):
     assert again.bos_token_id == tokenizer.bos_token_id
 
 
+def test_byte_conversion_finds_template_tokens_in_text(specs):
+    """Hand-checked: conversion=byte matches template words inside ordinary text."""
+    llama = _load(specs["llama3_bpe"] + ":conversion=byte")
+    assert llama.tokenize("\n\n") == ["ĊĊ"]
+    # Equal scores: the longest piece ending at each cut, read from the right.
+    assert llama.tokenize("\n\n\n") == ["Ċ", "ĊĊ"]
+    assert llama.tokenize("\n\n\n\n\n") == ["Ċ", "ĊĊ", "ĊĊ"]
+    assert llama.tokenize("username") == ["user", "n", "a", "m", "e"]
+    assert llama.tokenize("<|eot_id|>x") == ["<|eot_id|>", "x"]
+    assert llama.tokenize("Grüße") == list(constants.bytes_to_chars("Grüße".encode()))
+    assert llama.added_tokens_encoder == {}  # special tokens are plain pieces ...
+    assert llama.special_tokens_encoder["<|eot_id|>"] == llama.convert_tokens_to_ids("<|eot_id|>")  # ... still special
+
+    qwen = _load(specs["qwen2_bpe"] + ":conversion=byte")
+    for word in ("user", "system", "assistant"):
+        assert qwen.tokenize(word) == [word]
+    assert qwen.tokenize("\n\n") == ["Ċ", "Ċ"]  # Qwen2's template has no ĊĊ
+    assert qwen.tokenize("<|im_start|>assistant\n") == ["<|im_start|>", "assistant", "Ċ"]
+
+    gemma = _load(specs["gemma2_sp"] + ":conversion=byte")
+    assert gemma.tokenize(" model") == ["Ġ", "model"]
+    assert gemma.tokenize("assistant") == list("assistant")  # not a Gemma2 template word
+
+
+def test_byte_conversion_vocabulary_order():
+    """Bytes in byte order, then the template tokens that are not single bytes, sorted;
+    special tokens outside the template (TinyLlama's <unk>) are left out."""
+    assert byteify.byte_level_pieces(families.LLAMA3)[256:] == (
+        "<|begin_of_text|>", "<|end_header_id|>", "<|end_of_text|>", "<|eot_id|>",
+        "<|start_header_id|>", "assistant", "system", "user", "ĊĊ",
+    )  # fmt: skip
+    assert byteify.byte_level_pieces(families.QWEN2)[256:] == (
+        "<|endoftext|>", "<|im_end|>", "<|im_start|>", "assistant", "system", "user",
+    )  # fmt: skip
+    assert byteify.byte_level_pieces(families.TINYLLAMA)[256:] == ("</s>", "<s>")
+    assert byteify.byte_level_pieces(families.GPT2) == constants.BYTE_CHARS + ("<|endoftext|>",)
+
+
+def _longest_from_the_right(spelled: str, pieces: set[str]) -> list[str]:
+    """The documented tie-break: the longest piece ending at each cut, from the right."""
+    longest = max(map(len, pieces))
+    tokens, end = [], len(spelled)
+    while end > 0:
+        start = next(s for s in range(max(0, end - longest), end) if spelled[s:end] in pieces)
+        tokens.append(spelled[start:end])
+        end = start
+    return tokens[::-1]
+
+
+def test_byte_conversion_breaks_ties_by_the_longest_piece_from_the_right(monkeypatch, specs):
+    overlapping = families.Family(
+        name="Overlapping",
+        special_tokens=("<o>",),
+        bos=None,
+        pad=("<o>",),
+        start_header=("ab",),
+        end_header=("bc",),
+        eos=("<o>",),
+        eot=("abc",),
+        system_name=("cab",),
+        user_name=("ĊĊ",),
+        assistant_name=("ĊĊĊ",),
+    )
+    monkeypatch.setattr(families, "_REGISTRY", dict(families._REGISTRY))
+    families.register_family(overlapping)
+    tokenizer = load_byteify_tokenizer(specs["gemma2_sp"] + ":target=Overlapping:conversion=byte")
+    pieces = set(byteify.byte_level_pieces(overlapping))
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.text(st.sampled_from("abc\n<o>é"), max_size=30))
+    def check(text):
+        expected = _longest_from_the_right(constants.bytes_to_chars(text.encode()), pieces)
+        assert tokenizer.tokenize(text) == expected
+
+    check()
+
+
+def test_byte_conversion_keeps_the_source_bos_rule(specs, tiny_swap_spec):
+    """The original post-processor, its ids moved: a bos exactly where the source added
+    one; where it names a token the byte vocabulary lacks, the target's bos rule."""
+    llama = _load(specs["llama3_bpe"] + ":conversion=byte")
+    assert llama.encode("Hi") == [llama.convert_tokens_to_ids("<|begin_of_text|>"), 72, 105]
+    qwen = _load(specs["qwen2_bpe"] + ":conversion=byte")
+    assert qwen.encode("Hi") == [72, 105] and qwen.bos_token_id is None
+    # Qwen2's tokenizer adds no bos, so neither does its byte tokenizer for Llama3 ...
+    qwen_as_llama = load_byteify_tokenizer(specs["qwen2_bpe"] + ":target=Llama3:conversion=byte")
+    assert qwen_as_llama.encode("Hi") == [72, 105]
+    assert qwen_as_llama.bos_token_id == qwen_as_llama.convert_tokens_to_ids("<|begin_of_text|>")
+    # ... while Llama 3's adds <|begin_of_text|>, which Gemma2's vocabulary lacks: Gemma2's bos.
+    llama_as_gemma = load_byteify_tokenizer(specs["llama3_bpe"] + ":target=Gemma2:conversion=byte")
+    assert llama_as_gemma.encode("Hi") == [llama_as_gemma.convert_tokens_to_ids("<bos>"), 72, 105]
+    gemma_as_qwen = load_byteify_tokenizer(specs["gemma2_sp"] + ":target=Qwen2:conversion=byte")
+    assert gemma_as_qwen.encode("Hi") == [72, 105]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_byte_conversion_keeps_the_chat_template_of_its_own_family(specs, name):
+    hf = _hf(_path(specs[name]))
+    byte = _load(specs[name] + ":conversion=byte")
+    assert byte.tokenizer.chat_template == hf.chat_template
+    swapped = load_byteify_tokenizer(specs[name] + ":target=GPT2:conversion=byte")
+    assert swapped.tokenizer.chat_template is None
+
+
+def _text_with_template_words(family: families.Family):
+    words = [constants.chars_to_bytes(t).decode() for t in family.template_tokens]
+    alphabet = st.characters(exclude_categories=("Cs",))
+    part = st.text(alphabet, max_size=8) | st.sampled_from(words + ["\n", " ", "<", "|>"])
+    return st.lists(part, max_size=8).map("".join)
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("conversion", ["byte", "pure_byte"])
+def test_byte_conversions_reload_prebyteified_with_identical_ids(specs, name, conversion, tmp_path):
+    tokenizer = _load(f"{specs[name]}:conversion={conversion}")
+    tokenizer.save_pretrained(tmp_path)
+    again = load_byteify_tokenizer(
+        f"{tmp_path}:source={tokenizer.family.name}:conversion=prebyteified"
+    )
+    assert again.get_vocab() == tokenizer.get_vocab() and len(again) == len(tokenizer)
+    assert (again.bos_token_id, again.eos_token_id, again.pad_token_id) == (
+        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+    )  # fmt: skip
+    assert dict(again.special_tokens_encoder) == dict(tokenizer.special_tokens_encoder)
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_text_with_template_words(tokenizer.family))
+    def check(text):
+        assert again.encode(text) == tokenizer.encode(text)
+        assert again.encode(text, add_special_tokens=False) == tokenizer.encode(text, add_special_tokens=False)
+
+    check()
+
+
 def test_byte_conversion_builds_a_new_tokenizer(specs):
     hf = AutoTokenizer.from_pretrained(_path(specs["gemma2_sp"]))
     before = (len(hf), hf.encode("Hello world"), hf.backend_tokenizer.to_str())
-    converted = byteify.to_byte_level_tokenizer(hf, families.GEMMA2)
-    assert converted is not hf
-    assert (len(hf), hf.encode("Hello world"), hf.backend_tokenizer.to_str()) == before
-    assert converted.encode("Hello", add_special_tokens=False) == list(b"Hello")
+    for convert in (byteify.to_byte_level_tokenizer, byteify.to_pure_byte_tokenizer):
+        converted = convert(hf, families.GEMMA2)
+        assert converted is not hf
+        assert (len(hf), hf.encode("Hello world"), hf.backend_tokenizer.to_str()) == before
+        assert converted.encode("Hello", add_special_tokens=False) == list(b"Hello")
+
+
+# ------------------------------------------------------------------ source=auto
+
+
+def test_auto_family_is_read_from_the_chat_template(specs):
+    spec = _path(specs["llama3_bpe"]) + ":source=auto"
+    parsed = TokenizerSpec.parse(spec)
+    assert str(parsed) == spec and parsed.is_auto and parsed.target is None
+    tokenizer = load_byteify_tokenizer(spec)
+    family = tokenizer.family
+    assert family.name == f"auto({_path(specs['llama3_bpe'])})"
+    assert family.name not in families.family_names()
+    same = ("bos", "start_header", "end_header", "eot", "system_name", "user_name", "assistant_name")
+    assert {s: family.slot(s) for s in same} == {s: families.LLAMA3.slot(s) for s in same}
+    hf = _hf(_path(specs["llama3_bpe"]))
+    assert family.eos == (hf.eos_token,) and family.pad == (hf.pad_token or hf.eos_token,)
+
+    from tokenkit import prompts  # prompts imports byteify
+
+    messages = [
+        {"role": "system", "content": "Kurz."},
+        {"role": "user", "content": "Wie geht's?\n\nGut."},
+        {"role": "assistant", "content": "user, system"},
+        {"role": "user", "content": "東京"},  # Llama 3's template trims contents (logged)
+    ]
+    for generation_prompt in (True, False):
+        prompt = prompts.preprocess_messages(messages, add_generation_prompt=generation_prompt)
+        ours = prompts.encode_prompt(prompt, tokenizer).ids
+        assert ours == hf.apply_chat_template(messages, add_generation_prompt=generation_prompt, return_dict=False)
+
+
+def test_auto_with_conversions(specs, tmp_path):
+    spec = _path(specs["qwen2_bpe"]) + ":source=auto"
+    byte = load_byteify_tokenizer(spec + ":conversion=byte")
+    assert byte.family == load_byteify_tokenizer(spec).family
+    assert byte.tokenize("<|im_start|>assistant\n") == ["<|im_start|>", "assistant", "Ċ"]
+    byte.save_pretrained(tmp_path)
+    again = load_byteify_tokenizer(f"{tmp_path}:source=auto:conversion=prebyteified")
+    assert dataclasses.replace(again.family, name=byte.family.name) == byte.family
+    pure = load_byteify_tokenizer(spec + ":conversion=pure_byte")
+    assert pure.tokenize("assistant") == list("assistant")
+
+
+def test_auto_refusals_name_the_problem(specs):
+    with pytest.raises(ValueError, match="Gemma2 has no system role"):  # the template's own error
+        load_byteify_tokenizer(_path(specs["gemma2_sp"]) + ":source=auto")
+    with pytest.raises(ValueError, match="target=auto is not supported"):
+        TokenizerSpec.parse("dir:source=Qwen2:target=auto")
+    with pytest.raises(ValueError, match="read from the tokenizer when it is loaded"):
+        TokenizerSpec.parse("dir:source=auto").target_family
+    hf = AutoTokenizer.from_pretrained(_path(specs["qwen2_bpe"]))
+    hf.chat_template = None
+    with pytest.raises(ValueError, match="it has no chat template"):
+        byteify.read_family(hf, TokenizerSpec.parse("qwen2_bpe:source=auto"), Spelling.BYTE_LEVEL)
 
 
 # -------------------------------------------------------------- the wrapper API
@@ -512,9 +702,19 @@ def test_template_token_missing_from_vocabulary_is_named(specs, monkeypatch):
     assert byte.convert_tokens_to_ids("zqxjvwk") >= 256
 
 
-def test_wrong_spelling_family_is_caught(specs):
+def test_spelling_is_read_from_the_decoder(specs):
+    """The spelling belongs to the tokenizer (Phi-3's is SentencePiece, Phi-4-mini's
+    byte-level, one family): a SentencePiece tokenizer under a byte-level family."""
+    as_gpt2 = load_byteify_tokenizer(_path(specs["gemma2_sp"]) + ":source=GPT2")
+    assert as_gpt2.spelling is Spelling.SENTENCEPIECE and families.GPT2.spelling is Spelling.BYTE_LEVEL
+    assert as_gpt2.tokenize(" für alle") == ["ĠfÃ¼r", "Ġalle"]
+    assert byteify.detect_spelling(_hf(_path(specs["llama3_bpe"]))) is Spelling.BYTE_LEVEL
+
+
+def test_wrong_spelling_is_caught(specs):
+    hf = AutoTokenizer.from_pretrained(_path(specs["gemma2_sp"]))
     with pytest.raises(ValueError, match="not byte-level strings under the byte_level spelling.*Gemma2, Gemma3, TinyLlama"):
-        load_byteify_tokenizer(_path(specs["gemma2_sp"]) + ":source=Llama3")
+        ByteifyTokenizer(hf, families.GEMMA2, spelling=Spelling.BYTE_LEVEL)
     with pytest.raises(ValueError, match="not byte-level strings"):
         load_byteify_tokenizer(_path(specs["gemma2_sp"]) + ":source=Gemma2:conversion=prebyteified")
 
@@ -561,7 +761,7 @@ def _texts(exclude: str = ""):
 
 
 @pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize("conversion", ["", ":conversion=byte"])
+@pytest.mark.parametrize("conversion", ["", ":conversion=byte", ":conversion=pure_byte"])
 def test_byteified_tokens_spell_the_text(specs, name, conversion):
     tokenizer = _load(specs[name] + conversion)
     hf = _hf(_path(specs[name]))
@@ -583,7 +783,14 @@ def test_byteified_tokens_spell_the_text(specs, name, conversion):
         assert constants.chars_to_bytes("".join(tokens)) == text.encode("utf-8")
         ids = tokenizer.encode(text, add_special_tokens=False)
         if conversion:
-            assert ids == list(text.encode("utf-8"))
+            assert tokenizer.decode(ids) == text
+        if conversion == ":conversion=pure_byte":
+            if not any(t in text for t in tokenizer.family.special_tokens):  # matched whole
+                assert ids == list(text.encode("utf-8"))
+        elif conversion:
+            assert tokens == _longest_from_the_right(
+                constants.bytes_to_chars(text.encode()), set(tokenizer.get_vocab())
+            )
         elif unchanged_by_dropped_normalizer(text):
             assert ids == hf.encode(text, add_special_tokens=False)
             assert tokenizer.encode(text) == hf.encode(text)

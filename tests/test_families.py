@@ -1,7 +1,9 @@
 """Model families: registry, slots, spellings, immutability."""
 
 import dataclasses
+import re
 
+import jinja2
 import pytest
 
 from tokenkit import constants, families
@@ -162,3 +164,147 @@ def test_register_family(monkeypatch):
 def test_first_token():
     assert families.LLAMA3.first_token("end_header") == "<|end_header_id|>"
     assert families.QWEN2.first_token("bos") is None
+
+
+# The nine named families, every slot and special token: they must never change (the
+# upstream's published models were trained with exactly these).
+_CHATML_SLOTS = dict(
+    start_header=("<|im_start|>",), end_header=("Ċ",), eot=("<|im_end|>", "Ċ"),
+    system_name=("system",), user_name=("user",), assistant_name=("assistant",),
+)
+_BOS_EOS_ONLY = dict(
+    bos=("<s>",), pad=("</s>",), start_header=None, end_header=None, eos=("</s>",), eot=("</s>",),
+    system_name=None, user_name=None, assistant_name=None,
+)
+PINNED = {
+    "Qwen2": (("<|im_start|>", "<|im_end|>", "<|endoftext|>"), dict(
+        bos=None, pad=("<|endoftext|>",), eos=("<|endoftext|>",), **_CHATML_SLOTS)),
+    "Qwen3": (("<|im_start|>", "<|im_end|>", "<|endoftext|>"), dict(
+        bos=("<|endoftext|>",), pad=("<|endoftext|>",), eos=("<|endoftext|>",), **_CHATML_SLOTS)),
+    "Llama3": (
+        ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"),
+        dict(bos=("<|begin_of_text|>",), pad=("<|end_of_text|>",), start_header=("<|start_header_id|>",),
+             end_header=("<|end_header_id|>", "ĊĊ"), eos=("<|eot_id|>",), eot=("<|eot_id|>",),
+             system_name=("system",), user_name=("user",), assistant_name=("assistant",))),
+    "Gemma2": (("<bos>", "<start_of_turn>", "<end_of_turn>", "<eos>", "<pad>"), dict(
+        bos=("<bos>",), pad=("<pad>",), start_header=("<start_of_turn>",), end_header=("Ċ",),
+        eos=("<eos>",), eot=("<end_of_turn>", "Ċ"), system_name=("user",), user_name=("user",),
+        assistant_name=("model",))),
+    "Phi3": (("<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"), dict(
+        bos=None, pad=("<|endoftext|>",), start_header=None, end_header=("Ċ",), eos=("<|endoftext|>",),
+        eot=("<|end|>", "Ċ"), system_name=("<|user|>",), user_name=("<|user|>",),
+        assistant_name=("<|assistant|>",))),
+    "GPT2": (("<|endoftext|>",), dict(
+        bos=None, pad=("<|endoftext|>",), start_header=None, end_header=None, eos=("<|endoftext|>",),
+        eot=("<|endoftext|>",), system_name=None, user_name=None, assistant_name=None)),
+    "TinyLlama": (("<s>", "</s>", "<unk>"), _BOS_EOS_ONLY),
+    "Mistral": (("<s>", "</s>", "<unk>"), _BOS_EOS_ONLY),
+}
+PINNED["Gemma3"] = PINNED["Gemma2"]
+PINNED_SPELLINGS = {n: Spelling.SENTENCEPIECE for n in ("Gemma2", "Gemma3", "TinyLlama")}
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_named_families_are_pinned(name):
+    family = families.get_family(name)
+    special_tokens, slots = PINNED[name]
+    assert family.special_tokens == special_tokens
+    assert {slot: family.slot(slot) for slot in families.SLOTS} == slots
+    assert family.spelling is PINNED_SPELLINGS.get(name, Spelling.BYTE_LEVEL)
+
+
+def test_spell_pieces_equals_spell():
+    pieces = ["▁Café", "<0x0A>", "<0xC3>", "\n\t", "", "▁▁", "<0x0a>", "東京", "a\0b"]
+    for spelling in Spelling:
+        assert spelling.spell_pieces(pieces) == [spelling.spell(p) for p in pieces]
+        assert spelling.spell_pieces(pieces[:-1]) == [spelling.spell(p) for p in pieces[:-1]]
+    assert Spelling.SENTENCEPIECE.spell_pieces([]) == []
+
+
+# ------------------------------------------------------- families from chat templates
+
+
+def _tokenize(text: str) -> list[str]:
+    """A stand-in tokenizer: special tokens, newlines and other runs are tokens."""
+    return [constants.bytes_to_chars(p.encode()) for p in re.findall(r"<\|?/?\w+\|?>|\n|[^\n<]+|<", text)]
+
+
+def _renderer(source: str, bos: str = "<s>"):
+    template = jinja2.Environment().from_string(source)
+
+    def render(messages, add_generation_prompt):
+        return template.render(messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos)
+
+    return render
+
+
+def _read(source: str, bos: str | None = "<s>", eos: str | None = "<|im_end|>", pad: str | None = None):
+    specials = ["<s>", "<|im_start|>", "<|im_end|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+    return families.family_from_chat_template(
+        "auto(test)",
+        render=_renderer(source),
+        tokenize=_tokenize,
+        special_tokens={t: t for t in specials},
+        bos=bos,
+        eos=eos,
+        pad=pad,
+        spelling=Spelling.BYTE_LEVEL,
+        source="test template",
+    )
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_chatml_template_is_read():
+    family = _read(CHATML)
+    assert {s: family.slot(s) for s in families.SLOTS} == dict(
+        bos=None, pad=("<|im_end|>",), eos=("<|im_end|>",), **_CHATML_SLOTS
+    )
+    assert family.special_tokens == ("<|im_end|>", "<|im_start|>")
+    assert family.name == "auto(test)" and family.spelling is Spelling.BYTE_LEVEL
+    assert _read(CHATML, pad="<s>").pad == ("<s>",)
+
+
+def test_template_with_bos_and_role_tokens_without_header_start():
+    phi = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    family = _read(phi, eos="<|end|>")
+    assert (family.bos, family.start_header, family.end_header, family.eot) == (
+        ("<s>",), None, ("Ċ",), ("<|end|>", "Ċ"),
+    )  # fmt: skip
+    assert (family.system_name, family.user_name, family.assistant_name) == (
+        ("<|system|>",), ("<|user|>",), ("<|assistant|>",),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("{{ raise_exception('no system role') }}", "raised"),
+        ("{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}\n{% endif %}{% endfor %}",
+         "drops the content of a system message"),
+        ("{% for m in messages %}{{ m['content'] }}{{ m['content'] }}{% endfor %}", "repeats"),
+        # The system message folded into the first user turn (Gemma's way).
+        ("{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+         "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", "folded into the next turn"),
+        (CHATML.replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>model\n{% endif %}"),
+         "add_generation_prompt renders"),
+        ("{% for m in messages %}<|im_start|>\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+         "{% if add_generation_prompt %}<|im_start|>\n{% endif %}", "opened alike"),
+        # Different on the last turn only: the slots do not reproduce longer chats.
+        ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+         "{% if not loop.last %}<|im_end|>\n{% else %}<|im_end|>\n{% endif %}"
+         "{% if loop.index == 4 %}x{% endif %}{% endfor %}"
+         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", "do not reproduce"),
+    ],
+)
+def test_templates_that_cannot_be_read_are_refused_naming_the_problem(source, message):
+    with pytest.raises(ValueError, match=f"chat template of test template: .*{message}"):
+        _read(source)

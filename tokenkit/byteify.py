@@ -12,12 +12,17 @@ A tokenizer is named by a spec, `NAME:source=FAMILY[:target=FAMILY][:conversion=
 - `NAME`: a local directory or a Hugging Face hub id (loaded with
   `transformers.AutoTokenizer.from_pretrained`).
 - `source`: the family (`tokenkit.families`) the tokenizer comes from; it fixes how its
-  pieces are spelled and which special tokens / template it has.
-- `target`: use another family's special tokens and chat template instead (they are
-  added to the vocabulary); regular text is tokenized exactly as before.
-- `conversion`: `byte` makes a byte-level tokenizer (one token per byte, plus the
-  target family's template tokens); `prebyteified` says the tokenizer's pieces already
-  are byte-level strings (tokenizers saved by tokenkit); `manual_add_prefix_space`
+  pieces are spelled and which special tokens / template it has. `source=auto` reads
+  the family from the tokenizer's own chat template and special tokens
+  (`families.family_from_chat_template`).
+- `target`: use another (named) family's special tokens and chat template instead
+  (they are added to the vocabulary); regular text is tokenized exactly as before.
+- `conversion`: `byte` makes a byte-level tokenizer whose pieces are the 256 bytes and
+  the target family's template tokens, matched inside ordinary text too (the upstream
+  tokenkit's byte tokenizer, which its published byte-level models were trained with);
+  `pure_byte` makes one whose ordinary text is always one token per byte;
+  `prebyteified` says the tokenizer's pieces already are byte-level strings
+  (tokenizers saved by tokenkit after either byte conversion); `manual_add_prefix_space`
   prepends a space to every text that does not start with one.
 """
 
@@ -43,7 +48,16 @@ from tokenkit import constants, families, gguf
 from tokenkit.families import Family, Spelling
 
 SPEC_KEYS: tuple[str, ...] = ("source", "target", "conversion")
-CONVERSIONS: tuple[str, ...] = ("byte", "prebyteified", "manual_add_prefix_space")
+CONVERSIONS: tuple[str, ...] = ("byte", "pure_byte", "prebyteified", "manual_add_prefix_space")
+BYTE_CONVERSIONS: frozenset[str] = frozenset({"byte", "pure_byte"})
+"""Conversions that build a new byte-level tokenizer (saved ones reload as `prebyteified`)."""
+
+AUTO = "auto"
+"""`source=auto`: the family is read from the tokenizer's own files when it is loaded."""
+
+SPECIAL_TOKENS_KEY = "tokenkit_special_tokens"
+"""tokenizer_config.json key naming the special tokens of a `conversion=byte` tokenizer,
+whose special tokens are plain pieces (so `source=auto` can tell them after a reload)."""
 
 # Unicode normalizers rewrite text before tokenization (e.g. NFKC turns `ﬁ` into `fi`),
 # so two tokenizers would no longer see the same bytes and alignments would break.
@@ -71,7 +85,15 @@ class TokenizerSpec:
             raise ValueError("Tokenizer spec has an empty NAME (expected NAME:source=FAMILY)")
         if ":" in self.name:
             raise ValueError(f"Tokenizer NAME {self.name!r} must not contain ':'")
-        families.get_family(self.source)
+        if self.source != AUTO:
+            families.get_family(self.source)
+        if self.target == AUTO:
+            raise ValueError(
+                "target=auto is not supported: a family read from a tokenizer's own files "
+                "describes that tokenizer, while a target family is one it does not have; "
+                f"name the target family ({', '.join(families.family_names())}) or use "
+                "source=auto without a target"
+            )
         if self.target is not None:
             families.get_family(self.target)
         if self.conversion is not None and self.conversion not in CONVERSIONS:
@@ -108,7 +130,8 @@ class TokenizerSpec:
             raise ValueError(
                 f"Tokenizer spec {spec!r} lacks the required key 'source' "
                 f"(e.g. '{name or 'NAME'}:source=Llama3'); known families: "
-                f"{', '.join(families.family_names())}"
+                f"{', '.join(families.family_names())}, or '{AUTO}' to read it from the "
+                "tokenizer's chat template"
             )
         try:
             return cls(name=name, **values)
@@ -124,13 +147,26 @@ class TokenizerSpec:
         return ":".join(parts)
 
     @property
+    def is_auto(self) -> bool:
+        """Whether the source family is read from the tokenizer (`source=auto`)."""
+        return self.source == AUTO
+
+    @property
     def source_family(self) -> Family:
+        """The named source family (`source=auto` has none before loading)."""
+        if self.is_auto:
+            raise ValueError(
+                f"Tokenizer spec {str(self)!r}: with source=auto the family is read from the "
+                "tokenizer when it is loaded; use load_byteify_tokenizer(spec).family"
+            )
         return families.get_family(self.source)
 
     @property
     def target_family(self) -> Family:
         """The family whose special tokens and template the tokenizer uses."""
-        return families.get_family(self.target or self.source)
+        if self.target is not None:
+            return families.get_family(self.target)
+        return self.source_family
 
 
 # ------------------------------------------------------------------- HF loading
@@ -184,17 +220,21 @@ def load_hf_tokenizer(name: str) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _normalizer_types(state: Mapping[str, Any]) -> Iterator[str]:
-    """Types of a normalizer and, recursively, of its Sequence members."""
+def _component_types(state: Mapping[str, Any]) -> Iterator[str]:
+    """Types of a normalizer / decoder and, recursively, of its Sequence members."""
     yield state["type"]
-    for member in state.get("normalizers") or ():
-        yield from _normalizer_types(member)
+    for member in state.get("normalizers") or state.get("decoders") or ():
+        yield from _component_types(member)
 
 
 def _without_unicode_normalizer(
-    tokenizer: PreTrainedTokenizerFast, name: str
+    tokenizer: PreTrainedTokenizerFast, name: str, *, owned: bool = False
 ) -> PreTrainedTokenizerFast:
-    """Drops a plain NFC/NFD/NFKC/NFKD normalizer (on a copy); refuses one in a Sequence."""
+    """Drops a plain NFC/NFD/NFKC/NFKD normalizer; refuses one in a Sequence.
+
+    The caller's tokenizer is copied first unless it is `owned` (a tokenizer the caller
+    has just loaded and hands over): copying a 150k-piece tokenizer costs seconds.
+    """
     normalizer = tokenizer.backend_tokenizer.normalizer
     if normalizer is None:
         return tokenizer
@@ -208,10 +248,11 @@ def _without_unicode_normalizer(
             name,
             state["type"],
         )
-        tokenizer = copy.deepcopy(tokenizer)
+        if not owned:
+            tokenizer = copy.deepcopy(tokenizer)
         tokenizer.backend_tokenizer.normalizer = None
         return tokenizer
-    nested = sorted(set(_normalizer_types(state)) & _UNICODE_NORMALIZERS)
+    nested = sorted(set(_component_types(state)) & _UNICODE_NORMALIZERS)
     if nested:
         raise ValueError(
             f"Tokenizer {name} has a Sequence normalizer containing {', '.join(nested)}; "
@@ -228,7 +269,7 @@ def _bos_post_processor(
     """A post-processor that prepends `bos` (if any) and otherwise only keeps the
     offset-trimming ByteLevel steps of `current`.
 
-    Used where the family changes (target swap, byte conversion): the original
+    Used where the family changes (target swap, pure-byte conversion): the original
     template would add the source family's bos, or ids that no longer exist.
     """
     steps: list[processors.PostProcessor] = []
@@ -254,6 +295,30 @@ def _bos_post_processor(
     if not steps:
         return None
     return steps[0] if len(steps) == 1 else processors.Sequence(steps)
+
+
+def _remap_post_processor(state: dict[str, Any], vocab: Mapping[str, int], missing: set[str]) -> None:
+    """Points the token ids of a post-processor's JSON state (in place) at `vocab`.
+
+    Tokens `vocab` lacks are collected in `missing` (their ids are left alone).
+    """
+    def id_of(token: str, old: int) -> int:
+        if token not in vocab:
+            missing.add(token)
+            return old
+        return vocab[token]
+
+    kind = state["type"]
+    if kind == "TemplateProcessing":
+        for entry in state["special_tokens"].values():
+            entry["ids"] = [id_of(t, i) for t, i in zip(entry["tokens"], entry["ids"])]
+    elif kind in ("RobertaProcessing", "BertProcessing"):
+        for key in ("sep", "cls"):
+            token, old = state[key]
+            state[key] = [token, id_of(token, old)]
+    elif kind == "Sequence":
+        for member in state["processors"]:
+            _remap_post_processor(member, vocab, missing)
 
 
 def _swap_family(
@@ -282,10 +347,98 @@ def _swap_family(
     return tokenizer
 
 
+def byte_level_pieces(family: Family) -> tuple[str, ...]:
+    """The vocabulary of `conversion=byte` for `family`, in id order.
+
+    The 256 bytes in byte order, then the family's template tokens that are not single
+    bytes, sorted. Non-template special tokens (TinyLlama's `<unk>`) are not included:
+    the upstream's byte tokenizers, and the models trained with them, lack them.
+    """
+    return constants.BYTE_CHARS + tuple(sorted(set(family.template_tokens) - set(constants.BYTE_CHARS)))
+
+
+def _state_of(component: Any) -> dict[str, Any]:
+    return json.loads(component.__getstate__())
+
+
 def to_byte_level_tokenizer(
+    tokenizer: PreTrainedTokenizerFast, family: Family, *, keep_chat_template: bool = False
+) -> PreTrainedTokenizerFast:
+    """The byte-level tokenizer of `conversion=byte` for `family` (a new object; the
+    input is left unchanged).
+
+    Its model is a `Unigram` over `byte_level_pieces(family)`, every piece scoring 0, fed
+    one pretoken per text (`ByteLevel` without the splitting regex), with no added
+    tokens. Template tokens are therefore found inside ordinary text as well (Llama 3's
+    two newlines are the single token `ĊĊ`, Qwen2's `"user"` is `user`), and special tokens
+    are plain pieces. Among segmentations with the same total score the Unigram lattice
+    keeps, for every end position, the piece that starts earliest (the first one it
+    tries); read back from the end of the text this is *the longest piece ending at
+    each cut, from right to left*: Llama 3 spells three newlines as `Ċ`, `ĊĊ`.
+
+    This reproduces the byte tokenizer of the upstream tokenkit exactly (ids, vocabulary
+    order), which its byte-level models were trained with. The post-processor is the
+    original tokenizer's with its ids moved to the new vocabulary (so a bos is added
+    exactly when the original added one); where it names tokens the new vocabulary
+    lacks (Phi-3's `<s>`, on which the upstream fails), `family`'s bos rule is used
+    instead. With `keep_chat_template`, the Jinja template is kept: rendered text now
+    tokenizes into the template's tokens, as `tokenkit.prompts.encode_prompt` does.
+    """
+    pieces = byte_level_pieces(family)
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+
+    post_state = None
+    current = tokenizer.backend_tokenizer.post_processor
+    if current is not None:
+        post_state = _state_of(current)
+        missing: set[str] = set()
+        _remap_post_processor(post_state, vocab, missing)
+        if missing:
+            bos = family.first_token("bos")
+            logging.warning(
+                "The post-processor of %s adds %s, which the byte-level vocabulary of %s "
+                "lacks; using the bos rule of %s instead (%s).",
+                getattr(tokenizer, "name_or_path", "the tokenizer"),
+                ", ".join(sorted(missing)),
+                family.name,
+                family.name,
+                f"prepend {bos}" if bos else "nothing prepended",
+            )
+            fallback = _bos_post_processor(current, bos, vocab.get(bos) if bos else None)
+            post_state = None if fallback is None else _state_of(fallback)
+
+    state = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": _state_of(
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        ),
+        "post_processor": post_state,
+        "decoder": _state_of(decoders.ByteLevel()),
+        "model": _state_of(models.Unigram([(piece, 0.0) for piece in pieces])),
+    }
+    backend = tokenizers.Tokenizer.from_str(json.dumps(state))
+    # Special tokens are given to the wrapper only as attributes (by ByteifyTokenizer):
+    # passed to the constructor they would become added tokens.
+    converted = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        model_max_length=tokenizer.model_max_length,
+        padding_side="right",
+    )
+    if keep_chat_template:
+        converted.chat_template = tokenizer.chat_template
+    # Saved into tokenizer_config.json; the backend stays as the upstream's.
+    converted.init_kwargs[SPECIAL_TOKENS_KEY] = [t for t in family.special_tokens if t in vocab]
+    return converted
+
+
+def to_pure_byte_tokenizer(
     tokenizer: PreTrainedTokenizerFast, family: Family
 ) -> PreTrainedTokenizerFast:
-    """A new byte-level tokenizer for `family` (the input is left unchanged).
+    """The tokenizer of `conversion=pure_byte` for `family` (a new object).
 
     Ids 0..255 are the bytes 0..255 (spelled in the byte-level alphabet); then, sorted,
     the family's template and special tokens. Regular text tokenizes to one token per
@@ -409,47 +562,80 @@ class ByteifyTokenizer:
     # -- vocabulary ------------------------------------------------------------
 
     def _build_vocab(self) -> None:
-        """Spells every id; picks which id each spelling converts back to."""
+        """Spells every id; picks which id each spelling converts back to.
+
+        Written for 150k-256k vocabularies: the pieces in id order from the Rust
+        tokenizer, the spelling of all pieces at once (`Spelling.spell_pieces`), one
+        string test of the alphabet, and the reverse lookup built by `dict(zip(...))`
+        (the precedence rule runs only where two ids spell the same bytes).
+        """
+        backend = self.tokenizer.backend_tokenizer
         added = dict(self.tokenizer.added_tokens_encoder)
-        pieces = self.tokenizer.get_vocab()
-        size = max(len(self.tokenizer), max(pieces.values(), default=-1) + 1)
+        size = max(len(self.tokenizer), max(added.values(), default=-1) + 1)
+        # Pieces in id order straight from the Rust tokenizer (faster than inverting
+        # get_vocab()); added tokens shadow model pieces, as in get_vocab().
+        raw: list[str | None] = [backend.id_to_token(i) for i in range(size)]
+        ids = [i for i, piece in enumerate(raw) if piece is not None]
+        # Added tokens are stored as the raw text they match, model pieces in the
+        # tokenizer's own spelling.
+        is_added = {i for piece, i in added.items() if raw[i] == piece}
+        model_ids = [i for i in ids if i not in is_added] if is_added else ids
         inv: list[str | None] = [None] * size
-        best: dict[str, tuple[int, int]] = {}  # spelling -> (precedence, -id)
-        # In id order, so that `get_vocab()` (and anything iterating it) is the same in
-        # every process; the Hugging Face vocabulary's own order is not.
-        for piece, i in sorted(pieces.items(), key=lambda item: item[1]):
-            # Added tokens are stored as the raw text they match, model pieces in the
-            # tokenizer's own spelling.
-            spell = self.spelling.spell_added if added.get(piece) == i else self.spelling.spell
-            spelled = spell(piece)
+        for i, spelled in zip(model_ids, self.spelling.spell_pieces([raw[i] for i in model_ids])):
             inv[i] = spelled
-            rank = (self.spelling.precedence(piece), -i)
-            if spelled not in best or rank > best[spelled]:
-                best[spelled] = rank
-        bad = [(i, t) for i, t in enumerate(inv) if t is not None and not constants.is_byte_level(t)]
-        if bad:
+        for i in is_added:
+            inv[i] = self.spelling.spell_added(raw[i])
+        spellings = [inv[i] for i in ids]
+
+        if not set("".join(spellings)) <= constants.CHARS_TO_BYTES.keys():
+            bad = [(i, inv[i]) for i in ids if not constants.is_byte_level(inv[i])]
             examples = ", ".join(f"{t!r} (id {i})" for i, t in bad[:5])
             sentencepiece_families = [
                 n for n in families.family_names()
                 if families.get_family(n).spelling is Spelling.SENTENCEPIECE
             ]
             raise ValueError(
-                f"{len(bad)} of {len(pieces)} tokens are not byte-level strings under the "
-                f"{self.spelling.value} spelling, e.g. {examples}. The spelling comes from the "
-                "source family (byte-level for conversion=byte/prebyteified); a SentencePiece "
-                "tokenizer (pieces with '▁' or '<0xNN>') needs a SentencePiece family: "
-                + ", ".join(sentencepiece_families)
+                f"{len(bad)} of {len(ids)} tokens are not byte-level strings under the "
+                f"{self.spelling.value} spelling, e.g. {examples}. load_byteify_tokenizer reads "
+                "the spelling from the tokenizer's decoder, else from the source family, and "
+                "takes conversion=prebyteified to mean byte-level pieces; a SentencePiece "
+                "tokenizer (pieces with '▁' or '<0xNN>') needs the SentencePiece spelling "
+                "(the spelling of the families " + ", ".join(sentencepiece_families) + ")"
             )
         self._inv = inv
-        self._vocab = {spelled: -rank[1] for spelled, rank in best.items()}
+        # In id order, so that `get_vocab()` (and anything iterating it) is the same in
+        # every process; the Hugging Face vocabulary's own order is not.
+        self._vocab = dict(zip(spellings, ids))
+        if len(self._vocab) < len(ids):
+            # Two ids spell the same bytes: the higher precedence wins, then the lower
+            # id. Later writes win, so write low precedence first and ids downwards.
+            losers = {
+                i for i in model_ids
+                if raw[i].startswith("<0x") and self.spelling.precedence(raw[i]) == 0
+            }
+            order = [i for i in reversed(ids) if i in losers] + [
+                i for i in reversed(ids) if i not in losers
+            ]
+            winner = {inv[i]: i for i in order}
+            self._vocab = {s: i for s, i in zip(spellings, ids) if winner[s] == i}
         self._added_tokens_encoder = types.MappingProxyType(added)
-        self._special_tokens_encoder = types.MappingProxyType(
-            {str(t): i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
-        )
-        self._special_ids = {t: pieces[t] for t in self.family.special_tokens if t in pieces}
+        self._special_ids = {
+            t: i for t in self.family.special_tokens
+            if (i := backend.token_to_id(t)) is not None and raw[i] == t
+        }
+        # Special tokens are added tokens, except in a `conversion=byte` tokenizer, whose
+        # family special tokens are plain pieces: a prompt's text is split at both.
+        specials = {str(t): i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
+        specials.update((t, i) for t, i in self._special_ids.items() if t not in specials)
+        self._special_tokens_encoder = types.MappingProxyType(specials)
 
     def _check_family_tokens(self, name: str) -> None:
-        absent = [t for t in self.family.special_tokens if t not in self._special_ids]
+        template = set(self.family.template_tokens)
+        # Special tokens outside the template (TinyLlama's `<unk>`) may be absent: the
+        # byte tokenizer of conversion=byte has only the template's.
+        absent = [
+            t for t in self.family.special_tokens if t in template and t not in self._special_ids
+        ]
         if absent:
             raise ValueError(
                 f"Tokenizer {name}: special tokens of {self.family.name} are not in the "
@@ -517,8 +703,9 @@ class ByteifyTokenizer:
 
     @property
     def special_tokens_encoder(self) -> Mapping[str, int]:
-        """The added tokens marked special (raw text -> id); read-only. A prompt's text
-        is split at these; other added tokens (e.g. a `\\n` piece) are regular text."""
+        """The added tokens marked special and the family's special tokens (raw text ->
+        id); read-only. A prompt's text is split at these; other added tokens (e.g. a
+        `\\n` piece) are regular text."""
         return self._special_tokens_encoder
 
     @property
@@ -655,35 +842,135 @@ class ByteifyTokenizer:
         return f"ByteifyTokenizer({spec!r}, family={self.family.name}, size={len(self)})"
 
 
+def _decoder_types(tokenizer: PreTrainedTokenizerFast) -> set[str]:
+    decoder = tokenizer.backend_tokenizer.decoder
+    return set(_component_types(_state_of(decoder))) if decoder is not None else set()
+
+
+def detect_spelling(tokenizer: PreTrainedTokenizerFast) -> Spelling | None:
+    """How a tokenizer spells its pieces, told by its decoder: byte-level (a ByteLevel
+    decoder) or SentencePiece (Metaspace / ByteFallback); None if it cannot tell.
+
+    The spelling belongs to the tokenizer, not to the model family: Phi-3's tokenizer
+    is SentencePiece, Phi-4-mini's byte-level BPE, with the same chat template.
+    """
+    kinds = _decoder_types(tokenizer)
+    if "ByteLevel" in kinds:
+        return Spelling.BYTE_LEVEL
+    if kinds & {"Metaspace", "ByteFallback"}:
+        return Spelling.SENTENCEPIECE
+    return None
+
+
+def _spelling_for(tokenizer: PreTrainedTokenizerFast, spec: TokenizerSpec) -> Spelling:
+    """The spelling of the loaded tokenizer's pieces (before any conversion)."""
+    if spec.conversion == "prebyteified":
+        return Spelling.BYTE_LEVEL
+    detected = detect_spelling(tokenizer)
+    if detected is not None:
+        return detected
+    if spec.is_auto:
+        kinds = ", ".join(sorted(_decoder_types(tokenizer))) or "none"
+        raise ValueError(
+            f"Tokenizer {str(spec)!r}: cannot tell from its decoder ({kinds}) whether its "
+            "pieces are byte-level (a ByteLevel decoder) or SentencePiece (Metaspace or "
+            "ByteFallback); name a family instead of source=auto"
+        )
+    return spec.source_family.spelling
+
+
+def read_family(
+    tokenizer: PreTrainedTokenizerFast, spec: TokenizerSpec, spelling: Spelling
+) -> Family:
+    """The family of `spec` (with `source=auto`) read from the tokenizer's chat template
+    and special tokens (`families.family_from_chat_template`). Its name is
+    `auto(NAME)`, NAME being the spec's tokenizer name."""
+    where = f"tokenizer {spec.name!r}"
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"Cannot read a model family for {where}: it has no chat template "
+            "(source=auto reads the family from it); name a family instead "
+            f"(source=...: {', '.join(families.family_names())})"
+        )
+    added = tokenizer.added_tokens_encoder
+
+    def spell(raw: str) -> str:
+        return spelling.spell_added(raw) if raw in added else spelling.spell(raw)
+
+    def tokenize(text: str) -> tuple[str, ...]:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return tuple(spell(t) for t in tokenizer.convert_ids_to_tokens(ids))
+
+    def render(messages: Sequence[Mapping[str, str]], generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=generation_prompt, tokenize=False
+        )
+
+    def own(attribute: str) -> str | None:
+        raw = getattr(tokenizer, attribute)
+        return None if raw is None else spell(str(raw))
+
+    marked = [str(t) for t in tokenizer.added_tokens_decoder.values() if t.special]
+    marked += tokenizer.init_kwargs.get(SPECIAL_TOKENS_KEY) or []
+    specials = {spelling.spell_added(t): t for t in marked}
+    return families.family_from_chat_template(
+        f"{AUTO}({spec.name.replace('=', '_')})",
+        render=render,
+        tokenize=tokenize,
+        special_tokens=specials,
+        bos=own("bos_token"),
+        eos=own("eos_token"),
+        pad=own("pad_token"),
+        spelling=spelling,
+        source=where,
+    )
+
+
 def load_byteify_tokenizer(spec: str | TokenizerSpec) -> ByteifyTokenizer:
     """Loads the tokenizer a spec names (see the module docstring for the grammar).
 
     Raises:
       ValueError: a malformed spec, an unknown family / key / conversion, a template
-        token missing from the vocabulary, or an unsupported normalizer.
+        token missing from the vocabulary, an unsupported normalizer, or (source=auto)
+        a chat template the family cannot be read from.
       FileNotFoundError: NAME is a local path that does not exist.
     """
     if isinstance(spec, str):
         spec = TokenizerSpec.parse(spec)
-    source, target = spec.source_family, spec.target_family
+    name = str(spec)
     tokenizer = load_hf_tokenizer(spec.name)
+    spelling = _spelling_for(tokenizer, spec)
+    if spec.is_auto:
+        source = read_family(tokenizer, spec, spelling)
+        logging.info("%s: read family %s", name, source)
+    else:
+        source = spec.source_family
+        if spelling is not source.spelling:
+            logging.info(
+                "%s: pieces are spelled %s (by its decoder), unlike the %s family's usual %s",
+                name, spelling.value, source.name, source.spelling.value,
+            )
+    target = families.get_family(spec.target) if spec.target is not None else source
 
-    spelling = source.spelling
     manual_add_prefix_space = False
-    if spec.conversion == "byte":
-        # A new tokenizer with the target's tokens only: nothing to add or swap first.
-        tokenizer = to_byte_level_tokenizer(tokenizer, target)
+    if spec.conversion in BYTE_CONVERSIONS:
+        if spec.conversion == "byte":
+            tokenizer = to_byte_level_tokenizer(tokenizer, target, keep_chat_template=target == source)
+        else:
+            tokenizer = to_pure_byte_tokenizer(tokenizer, target)
         spelling = Spelling.BYTE_LEVEL
     else:
+        # Loaded here, so owned: dropping a normalizer needs no copy.
+        tokenizer = _without_unicode_normalizer(tokenizer, name, owned=True)
         if target != source:
             tokenizer = _swap_family(tokenizer, source, target)
-        else:
+        elif spec.conversion != "prebyteified":
+            # A saved converted tokenizer is taken as it is: adding tokens would give
+            # it ids (or whole-token matches) the tokenizer it was saved from lacked.
             added = tokenizer.add_tokens(list(target.special_tokens), special_tokens=True)
             if added:
                 logging.info("%s: added %d missing %s special tokens", spec, added, target.name)
-        if spec.conversion == "prebyteified":
-            spelling = Spelling.BYTE_LEVEL
-        elif spec.conversion == "manual_add_prefix_space":
+        if spec.conversion == "manual_add_prefix_space":
             manual_add_prefix_space = True
 
     return ByteifyTokenizer(

@@ -25,7 +25,9 @@ import dataclasses
 import enum
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+
+from absl import logging
 
 from tokenkit import constants
 
@@ -83,6 +85,27 @@ class Spelling(enum.Enum):
         if byte is not None:
             return constants.BYTE_CHARS[byte]
         return constants.bytes_to_chars(piece.replace(SENTENCEPIECE_SPACE, " ").encode("utf-8"))
+
+    def spell_pieces(self, pieces: Sequence[str]) -> list[str]:
+        """`[self.spell(p) for p in pieces]`, fast for whole vocabularies.
+
+        SentencePiece pieces other than byte-fallback ones are spelled in one string
+        operation, joined by NUL: no piece contains NUL (checked), and no other
+        character encodes to a 0 byte, so the spelled NUL (`Ā`) marks exactly the joins.
+        """
+        if self is Spelling.BYTE_LEVEL:
+            return list(pieces)
+        fallback = [byte_fallback_value(p) if p.startswith("<0x") else None for p in pieces]
+        text_at = [i for i, byte in enumerate(fallback) if byte is None]
+        joined = "\0".join(pieces[i] for i in text_at)
+        if joined.count("\0") != max(len(text_at) - 1, 0):
+            return [self.spell(p) for p in pieces]
+        spelled = [constants.BYTE_CHARS[byte] if byte is not None else "" for byte in fallback]
+        if text_at:
+            parts = self.spell(joined).split(constants.BYTE_CHARS[0])
+            for i, part in zip(text_at, parts, strict=True):
+                spelled[i] = part
+        return spelled
 
     def spell_added(self, content: str) -> str:
         """Byte-level spelling of an added token, whose string is the raw text it matches.
@@ -318,4 +341,218 @@ def register_family(family: Family) -> Family:
             "pick another name"
         )
     _REGISTRY[family.name] = family
+    return family
+
+
+# ------------------------------------------------------- families from chat templates
+
+ChatRenderer = Callable[[Sequence[Mapping[str, str]], bool], str]
+"""`render(messages, add_generation_prompt) -> text`, e.g. a Hugging Face tokenizer's
+`apply_chat_template(..., tokenize=False)`."""
+
+Tokenize = Callable[[str], Sequence[str]]
+"""`tokenize(text) -> byte-level token strings`, without added bos / eos."""
+
+# Message contents that survive templates which trim or capitalise nothing, and that
+# byte-level BPE and SentencePiece tokenizers split the same alone and in context.
+_SENTINELS = {
+    "system": "Alpha",
+    "user": "Bravo",
+    "assistant": "Charlie",
+    "user_again": "Delta",
+    "assistant_again": "Echo",
+}
+
+
+def _conversation(*keys: str) -> list[dict[str, str]]:
+    return [{"role": k.removesuffix("_again"), "content": _SENTINELS[k]} for k in keys]
+
+
+def _describe(slots: Mapping[str, SlotValue]) -> str:
+    return ", ".join(f"{slot}={slots[slot]}" for slot in SLOTS)
+
+
+def _common_prefix_length(a: Sequence[str], b: Sequence[str], limit: int) -> int:
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def family_from_chat_template(
+    name: str,
+    *,
+    render: ChatRenderer,
+    tokenize: Tokenize,
+    special_tokens: Mapping[str, str],
+    bos: str | None,
+    eos: str | None,
+    pad: str | None,
+    spelling: Spelling,
+    source: str = "the tokenizer",
+) -> Family:
+    """Reads a family off a tokenizer's own chat template (`source=auto` specs).
+
+    The template is rendered with sentinel messages (system, user, assistant; with and
+    without `add_generation_prompt`; and a five-message conversation), and the slots
+    are read off the text around the sentinels, tokenized by the tokenizer itself:
+    what follows the last message is `eot`; what then opens a user / an assistant
+    message is `start_header` (their common leading tokens), the role name, and
+    `end_header` (their common trailing tokens); what precedes the system message is
+    `bos`, then the same header with the system role name. `eos` and `pad` are the
+    tokenizer's own (`pad` falls back to `eos`). The slots must reproduce the
+    template's rendering of every sentinel conversation token for token, so a family
+    that is read at all encodes prompts exactly as the template does.
+
+    Args:
+      name: the family's name.
+      render: renders a conversation (see `ChatRenderer`).
+      tokenize: the tokenizer, giving byte-level token strings (see `Tokenize`).
+      special_tokens: the tokenizer's special tokens, byte-level spelling -> raw text;
+        slot tokens among them become the family's `special_tokens`.
+      bos, eos, pad: the tokenizer's bos / eos / pad token (byte-level), or None. The
+        bos is used only to tell a bos from a role token in templates without a
+        header start (Phi-3 style); whether there is a bos is the template's business.
+      spelling: how the tokenizer spells its pieces.
+      source: how to name the tokenizer in errors.
+
+    Raises:
+      ValueError: the template cannot be read this way; the message names the problem.
+    """
+
+    def fail(problem: str) -> None:
+        raise ValueError(
+            f"Cannot read a model family from the chat template of {source}: {problem}. "
+            "source=auto reads templates of the form [bos] (start_header role end_header "
+            "content eot)* whose generation prompt is an assistant header; for others name "
+            f"a family (source=...: {', '.join(family_names())})"
+        )
+
+    def rendered(messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        try:
+            text = render(messages, generation_prompt)
+        except Exception as e:  # noqa: BLE001 - any template error is reported as such
+            roles = "/".join(m["role"] for m in messages)
+            fail(f"rendering a {roles} conversation raised {type(e).__name__}: {e}")
+        if not isinstance(text, str):
+            fail(f"rendering gave a {type(text).__name__}, not text")
+        return text
+
+    def cut(text: str, messages: list[dict[str, str]]) -> list[str]:
+        """The text before, between and after the messages' contents."""
+        pieces, position = [], 0
+        for message in messages:
+            content, role = message["content"], message["role"]
+            count = text.count(content)
+            if count != 1:
+                what = "drops" if count == 0 else f"repeats ({count} times)"
+                fail(f"it {what} the content of a {role} message ({text!r})")
+            at = text.index(content)
+            if at < position:
+                fail(f"it moves the content of a {role} message out of order ({text!r})")
+            pieces.append(text[position:at])
+            position = at + len(content)
+        pieces.append(text[position:])
+        return pieces
+
+    three = _conversation("system", "user", "assistant")
+    prompt = _conversation("system", "user")
+    five = _conversation("system", "user", "assistant", "user_again", "assistant_again")
+    before, system_to_user, user_to_assistant, after = cut(rendered(three, False), three)
+    eot_text = after
+    for between, role in ((system_to_user, "user"), (user_to_assistant, "assistant")):
+        if not between.startswith(eot_text):
+            fail(
+                f"the text between a message and the next {role} message ({between!r}) does "
+                f"not start with the text after the last message ({eot_text!r}); is a message "
+                "folded into the next turn?"
+            )
+    user_header = system_to_user[len(eot_text):]
+    assistant_header = user_to_assistant[len(eot_text):]
+    generation = cut(rendered(prompt, True), prompt)[-1]
+    if generation != eot_text + assistant_header:
+        fail(
+            f"add_generation_prompt renders {generation!r} after the last message, but an "
+            f"assistant message is opened by {eot_text + assistant_header!r}"
+        )
+
+    eot = tuple(tokenize(eot_text))
+    user = tuple(tokenize(user_header))
+    assistant = tuple(tokenize(assistant_header))
+    if user == assistant:
+        fail(f"user and assistant messages are opened alike ({user_header!r})")
+    shortest = min(len(user), len(assistant))
+    start_n = _common_prefix_length(user, assistant, max(shortest - 1, 0))
+    end_n = _common_prefix_length(user[::-1], assistant[::-1], max(shortest - start_n - 1, 0))
+    start, end = user[:start_n], user[len(user) - end_n:]
+    names = {
+        "user": user[start_n:len(user) - end_n],
+        "assistant": assistant[start_n:len(assistant) - end_n],
+    }
+    if not all(names.values()):
+        fail(f"a role has no name between the headers {user_header!r} and {assistant_header!r}")
+
+    head = tuple(tokenize(before))
+    if start:
+        at = next(
+            (i for i in range(len(head) - len(start) + 1) if head[i:i + len(start)] == start), None
+        )
+        if at is None:
+            fail(f"the system message is not opened by the header start {start} ({before!r})")
+        bos_tokens, system_header = head[:at], head[at + len(start):]
+    elif bos is not None and head[:1] == (bos,) and len(head) > 1 + end_n:
+        bos_tokens, system_header = head[:1], head[1:]
+    else:
+        bos_tokens, system_header = (), head
+    if system_header[len(system_header) - end_n:] != end or len(system_header) <= end_n:
+        fail(f"the system message's header ({before!r}) does not end like the others ({end})")
+    names["system"] = system_header[:len(system_header) - end_n]
+
+    eos_tokens = (eos,) if eos is not None else None
+    slots = dict(
+        bos=bos_tokens or None,
+        pad=(pad,) if pad is not None else eos_tokens,
+        start_header=start or None,
+        end_header=end or None,
+        eos=eos_tokens,
+        eot=eot or None,
+        system_name=names["system"],
+        user_name=names["user"],
+        assistant_name=names["assistant"],
+    )
+    used = [t for slot in SLOTS for t in (slots[slot] or ())]
+    family = Family(
+        name=name,
+        special_tokens=tuple(dict.fromkeys(special_tokens[t] for t in used if t in special_tokens)),
+        spelling=spelling,
+        **slots,
+    )
+
+    def expected(messages: list[dict[str, str]], generation_prompt: bool) -> list[str]:
+        tokens = list(bos_tokens)
+        for message in messages:
+            role = message["role"]
+            tokens += [*start, *names[role], *end, *tokenize(message["content"]), *eot]
+        if generation_prompt:
+            tokens += [*start, *names["assistant"], *end]
+        return tokens
+
+    padded = [{**m, "content": f" {m['content']}\n"} for m in three]
+    if any(m["content"] not in rendered(padded, False) for m in padded):
+        logging.warning(
+            "The chat template of %s changes message contents (e.g. strips their spaces); "
+            "tokenkit.prompts keeps contents as they are, so such texts encode differently "
+            "than the template renders them.",
+            source,
+        )
+    for messages, generation_prompt in ((three, False), (prompt, True), (five, False)):
+        got = list(tokenize(rendered(messages, generation_prompt)))
+        want = expected(messages, generation_prompt)
+        if got != want:
+            k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            fail(
+                f"the slots read off ({_describe(slots)}) do not reproduce its rendering of a "
+                f"{len(messages)}-message conversation: from token {k} it gives "
+                f"{got[k:k + 4]}, the slots {want[k:k + 4]}"
+            )
     return family
