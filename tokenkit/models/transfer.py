@@ -7,8 +7,9 @@ setup (the student of a transfer run) do to a model:
 1. the embedding matrices come to the host, cut to the source tokenizer's size (rows
    past it are padding; a matrix with fewer rows than the tokenizer gets random rows,
    logged);
-2. new rows for the target vocabulary are initialised (`init`: FVT, `models.fvt`) for
-   the input and, for untied models, the output embeddings;
+2. new rows for the target vocabulary are initialised (`init`: FVT, `models.fvt`, or a
+   trained embedding hypernetwork, `models.hypernet`) for the input and, for untied
+   models, the output embeddings;
 3. the vocabulary is replaced (`surgery.replace_vocabulary`: padded to a multiple,
    tied or untied);
 4. the config's special-token ids become the target tokenizer's (`with_special_tokens`),
@@ -32,11 +33,12 @@ from absl import logging
 from tokenkit.byteify import ByteifyTokenizer
 from tokenkit.models import expand as expand_lib
 from tokenkit.models import fvt as fvt_lib
+from tokenkit.models import hypernet as hypernet_lib
 from tokenkit.models.config import ModelConfig
 from tokenkit.models.side import stop_token_ids
 from tokenkit.models.surgery import OUTPUT_EMBEDDING_MODES, embedding_matrices, replace_vocabulary
 
-INIT_METHODS = ("fvt",)
+INIT_METHODS = ("fvt", "hypernet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +124,7 @@ def transfer(
     seed: int = 0,
     allow_exact_match: bool = True,
     slot_tokens: str = "special",
+    hypernet: hypernet_lib.TrainedHypernet | None = None,
 ) -> TransferResult:
     """Moves a model from `source_tokenizer` to `target_tokenizer` (see the module docstring).
 
@@ -136,8 +139,14 @@ def transfer(
       expand_input_ids: build the input-id expansion (byte-level targets).
       seed: seed of the random rows (FVT's fallback, missing rows).
       allow_exact_match, slot_tokens: see `fvt.fvt_mapping`.
+      hypernet: the trained hypernetwork of `init="hypernet"` (`hypernet.TrainedHypernet`).
     """
     check_options(init, output_embeddings_mode, slot_tokens)
+    if (init == "hypernet") != (hypernet is not None):
+        raise ValueError(
+            f"init={init!r} with {'a' if hypernet is not None else 'no'} hypernetwork: "
+            "init='hypernet' needs one (hypernet=TrainedHypernet.load(DIR)), other inits none."
+        )
     same = target_tokenizer is source_tokenizer or (
         source_tokenizer.spec is not None and source_tokenizer.spec == target_tokenizer.spec
     )
@@ -154,12 +163,18 @@ def transfer(
         inputs = fit_rows(_host(inputs), n, seed, "The model")
         outputs = None if outputs is None else fit_rows(_host(outputs), n, seed, "The model's lm_head")
         if not same:
-            result = fvt_lib.fvt(
-                source_tokenizer, target_tokenizer, inputs, output_embeddings=outputs, seed=seed,
-                allow_exact_match=allow_exact_match, slot_tokens=slot_tokens,
-            )
+            if hypernet is not None:
+                result = hypernet_lib.transfer_embeddings(
+                    hypernet, source_tokenizer, target_tokenizer, inputs, outputs,
+                    slot_tokens=slot_tokens,
+                )
+            else:
+                result = fvt_lib.fvt(
+                    source_tokenizer, target_tokenizer, inputs, output_embeddings=outputs, seed=seed,
+                    allow_exact_match=allow_exact_match, slot_tokens=slot_tokens,
+                )
             inputs, outputs, stats = result.input_embeddings, result.output_embeddings, result.stats
-            logging.info("FVT %s -> %s: %s", source_tokenizer.spec, target_tokenizer.spec, stats)
+            logging.info("%s %s -> %s: %s", init, source_tokenizer.spec, target_tokenizer.spec, stats)
         new_config, new_params = replace_vocabulary(
             config, params, inputs, outputs, tokenizer_size=len(target_tokenizer),
             output_embeddings_mode=output_embeddings_mode, pad_to_multiple_of=pad_to_multiple_of,
