@@ -130,7 +130,7 @@ def build_data(
             student=side_encoder(student, config.max_student_length),
             aligner=aligner, chunkings=tuple(chunkings),
         )
-        record = source[0] if hasattr(source, "__getitem__") else next(iter(source))
+        record = sources.first_record(source)
         example = transform(record).for_device()
     dataset = pipeline.make_dataset(
         source, transform, batch_size=config.batch_size, seed=seed,
