@@ -78,10 +78,35 @@ def hf_config(name: str):
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
             },
         )
+    if name == "gpt2":
+        return t.GPT2Config(
+            vocab_size=97, n_embd=32, n_inner=48, n_layer=3, n_head=4, n_positions=64,
+            bos_token_id=1, eos_token_id=2, layer_norm_epsilon=1e-5,
+        )
+    if name == "phi3":  # plain RoPE, every layer windowed (Phi-3-mini-4k style)
+        return t.Phi3Config(
+            **{k: v for k, v in TINY.items() if k != "head_dim"},
+            sliding_window=4, rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
+            bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        )
+    if name == "phi3_longrope":  # Phi-3-128k's LongRoPE, Phi-4-mini's partial rotary + tying
+        return t.Phi3Config(
+            **{k: v for k, v in TINY.items() if k != "head_dim"},
+            original_max_position_embeddings=LONGROPE_ORIGINAL,
+            partial_rotary_factor=0.75,  # 6 of 8 dims rotate: 3 factors
+            rope_scaling={
+                "type": "longrope",
+                "short_factor": [1.0, 1.3, 2.0],
+                "long_factor": [1.5, 4.0, 9.0],
+            },
+            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        )
     raise KeyError(name)
 
 
-MODEL_NAMES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+# LongRoPE switches to its long factors for sequences longer than this.
+LONGROPE_ORIGINAL = 8
+MODEL_NAMES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2", "phi3")
 
 
 def build_hf_model(name: str, seed: int = 0):
@@ -94,9 +119,11 @@ def build_hf_model(name: str, seed: int = 0):
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if p.ndim >= 2:
-                std = 1.0 if "embed_tokens" in pname else p.shape[-1] ** -0.5
-                p.normal_(0.0, std)
-            elif "norm" in pname:
+                # GPT-2's Conv1D kernels are [in, out]; nn.Linear's [out, in].
+                fan_in = p.shape[0] if ".c_" in pname else p.shape[-1]
+                embedding = any(k in pname for k in ("embed_tokens", "wte", "wpe"))
+                p.normal_(0.0, 1.0 if embedding else fan_in ** -0.5)
+            elif "norm" in pname or (".ln_" in pname and pname.endswith("weight")):
                 p.normal_(0.0, 0.2)
                 if not gemma:
                     p.add_(1.0)
@@ -145,6 +172,7 @@ def tiny_hf():
 
     return types.SimpleNamespace(
         MODEL_NAMES=MODEL_NAMES,
+        LONGROPE_ORIGINAL=LONGROPE_ORIGINAL,
         hf_config=hf_config,
         build_hf_model=build_hf_model,
         right_padded_batch=right_padded_batch,

@@ -28,7 +28,7 @@ from tokenkit.models.hf_io import parse_size
 
 import transformers  # noqa: E402
 
-NAMES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+NAMES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2", "phi3", "phi3_longrope")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -79,11 +79,13 @@ def test_class_defaults_fill_missing_keys():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"model_type": "gpt2"}, r"'gpt2'.*supported model types: gemma2, gemma3, gemma3_text, llama"),
+        ({"model_type": "falcon"}, r"'falcon'.*supported model types: gemma2, gemma3, gemma3_text, gpt2, llama"),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, r"'yarn' is not supported \(supported: default, linear, llama3\)"),
         ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}}, r"'dynamic' is not supported"),
         ({"hidden_act": "relu"}, r"Activation 'relu' is not supported"),
-        ({"partial_rotary_factor": 0.5}, r"partial_rotary_factor=0.5"),
+        ({"partial_rotary_factor": 0.5}, r"partial_rotary_factor=0.5 is not supported for llama"),
+        ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}},
+         r"'longrope' is not supported \(supported: default, linear, llama3\)"),
     ],
 )
 def test_unsupported_configs_are_refused_by_name(change, message):
@@ -95,8 +97,8 @@ def test_unsupported_configs_are_refused_by_name(change, message):
 
 
 def test_unsupported_checkpoint_names_its_architecture(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3", "architectures": ["Phi3ForCausalLM"]}))
-    with pytest.raises(UnsupportedConfigError, match=r"'phi3'.*Phi3ForCausalLM.*supported model types: .*qwen3"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "falcon", "architectures": ["FalconForCausalLM"]}))
+    with pytest.raises(UnsupportedConfigError, match=r"'falcon'.*FalconForCausalLM.*supported model types: .*qwen3"):
         load_pretrained(tmp_path)
 
 
@@ -233,8 +235,8 @@ def test_parse_size():
 def test_model_config_validates_its_fields():
     base = dict(vocab_size=16, hidden_size=8, intermediate_size=16, num_layers=2,
                 num_heads=2, num_kv_heads=1, head_dim=4)
-    with pytest.raises(UnsupportedConfigError, match="'gpt2' is not supported"):
-        ModelConfig("gpt2", **base)
+    with pytest.raises(UnsupportedConfigError, match="'falcon' is not supported"):
+        ModelConfig("falcon", **base)
     with pytest.raises(ValueError, match="sliding_window"):
         ModelConfig("mistral", **base, layer_types=("sliding_attention",) * 2)
     with pytest.raises(ValueError, match="num_kv_heads"):

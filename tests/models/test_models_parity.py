@@ -11,7 +11,7 @@ from tokenkit.models import Transformer, init_cache, load_pretrained, save_pretr
 import transformers  # noqa: E402
 
 # Same list as conftest.MODEL_NAMES (parametrize needs it at collection time).
-MODEL_NAMES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+MODEL_NAMES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2", "phi3")
 TOL = 1e-4
 LENGTHS = (10, 7, 4)  # longer than the sliding window (4) of the windowed models
 
@@ -45,7 +45,7 @@ def test_logits_and_hidden_states_match_transformers(name, hf_checkpoints, tiny_
         assert err <= TOL, f"{name}: hidden state {i} differs by {err:.2e} (relative)"
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma2", "gemma3"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma2", "gemma3", "gpt2", "phi3"])
 def test_saved_checkpoint_loads_in_transformers(name, hf_checkpoints, tiny_hf, tmp_path):
     path, hf_model = hf_checkpoints(name)
     config, params, _ = _ours(path)

@@ -114,12 +114,14 @@ def test_loading_reads_only_each_devices_slice(divisible_checkpoint, monkeypatch
     assert emb_reads == {(64, 8)}
 
 
-def test_sharded_forward_equals_unsharded(divisible_checkpoint):
-    config, plain = load_pretrained(divisible_checkpoint)
+def _assert_sharded_forward_equals_unsharded(config, plain, lengths) -> None:
+    """Logits, hidden states and the written cache on a (4 data x 2 model) FSDP mesh equal
+    an unsharded forward (4 right-padded rows of `lengths`)."""
     model = Transformer(config)
+    width = max(lengths)
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, config.vocab_size, (4, 9)).astype(np.int32)
-    mask = (np.arange(9)[None] < np.array([9, 5, 7, 2])[:, None]).astype(np.int32)
+    ids = rng.integers(0, config.vocab_size, (4, width)).astype(np.int32)
+    mask = (np.arange(width)[None] < np.array(lengths)[:, None]).astype(np.int32)
 
     def forward(p, i, m, c):
         out = model.apply({"params": p}, i, m, cache=c, output_hidden_states=True)
@@ -146,6 +148,25 @@ def test_sharded_forward_equals_unsharded(divisible_checkpoint):
     np.testing.assert_allclose(np.asarray(out[0])[real], np.asarray(ref[0])[real], atol=1e-5)
     np.testing.assert_allclose(np.asarray(out[1])[:, real], np.asarray(ref[1])[:, real], atol=1e-5)
     np.testing.assert_allclose(np.asarray(out[2].key), np.asarray(ref[2].key), atol=1e-5)
+
+
+def test_sharded_forward_equals_unsharded(divisible_checkpoint):
+    config, plain = load_pretrained(divisible_checkpoint)
+    _assert_sharded_forward_equals_unsharded(config, plain, (9, 5, 7, 2))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "phi3_longrope"])
+def test_fused_checkpoints_load_and_run_sharded(name, hf_checkpoints):
+    """GPT-2's c_attn / Phi-3's qkv_proj and gate_up_proj: each device reads its own
+    columns / rows of the fused tensors; the sharded forward equals the unsharded one
+    (rows on both sides of LongRoPE's switch at 8 tokens)."""
+    path, _ = hf_checkpoints(name)
+    config, plain = load_pretrained(path)
+    _, sharded = load_pretrained(path, mesh=make_mesh(4, 2), rules=FSDP_RULES)
+    assert sharded["layers"]["attention"]["key"]["kernel"].sharding.spec == P(None, "data", "model", None)
+    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(plain)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _assert_sharded_forward_equals_unsharded(config, plain, (10, 5, 9, 2))
 
 
 def test_batch_not_divisible_by_data_parallelism_is_an_error():

@@ -1,4 +1,4 @@
-"""Flax decoder-only LMs (Llama, Mistral, Qwen2, Qwen3, Gemma2, Gemma3) in the HF format.
+"""Flax decoder-only LMs (Llama, Mistral, Qwen2, Qwen3, Gemma2, Gemma3, GPT-2, Phi-3) in the HF format.
 
     config, params = load_pretrained("path/or/org-name")
     model = Transformer(config, dtype=jnp.bfloat16)

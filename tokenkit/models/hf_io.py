@@ -9,6 +9,11 @@ no device ever receives, and no host ever assembles, a full copy of a sharded te
 Saving writes what `transformers.AutoModelForCausalLM.from_pretrained` reads: config.json
 for the family's CausalLM class and `model.safetensors` (or numbered shards with
 `model.safetensors.index.json` above `max_shard_size`), plus the tokenizer if given.
+
+Fused HF tensors are a layout matter handled here: GPT-2's `c_attn` (Conv1D, stored
+`[in, out]`, columns q|k|v) and Phi-3's `qkv_proj` / `gate_up_proj` (rows q|k|v and
+gate|up) are read as our separate projections, each device reading only its columns or
+rows of the fused tensor, and are concatenated again on save.
 """
 
 from __future__ import annotations
@@ -48,9 +53,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?
 class _Leaf:
     """How one of our parameters relates to HF tensors.
 
-    kind: "copy" (same layout), "linear" (ours `[*in, *out]`, HF `[prod(out), prod(in)]`),
+    kind: "copy" (same layout), "linear" (ours `[*in, *out]`, HF `[prod(out), prod(in)]`,
+    torch's nn.Linear), "conv" (HF `[prod(in), prod(out)]`, transformers' GPT-2 Conv1D),
     "bias" (ours `out_shape`, HF `[prod(out)]`). `layered` leaves stack `hf` formatted with
-    each layer index along a leading axis.
+    each layer index along a leading axis. `offset`: where our block starts along the HF
+    tensor's output dimension, for a part of a fused tensor (GPT-2's `c_attn`, Phi-3's
+    `qkv_proj` and `gate_up_proj`).
     """
 
     path: tuple[str, ...]
@@ -59,31 +67,44 @@ class _Leaf:
     layered: bool
     in_shape: tuple[int, ...] = ()
     out_shape: tuple[int, ...] = ()
+    offset: int = 0
 
 
 def _leaves(config: ModelConfig) -> list[_Leaf]:
+    """Every parameter of `config`'s tree and the HF tensor (part) it is stored in."""
+    if config.architecture == "gpt2":
+        return _gpt2_leaves(config)
     c = config
     d, h, k, hd, f = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size
     layer = "model.layers.{i}."
     out = [_Leaf(("embedder", "embedding"), "model.embed_tokens.weight", "copy", False)]
 
-    def lin(path, name, i_shape, o_shape, bias):
-        out.append(_Leaf(("layers",) + path + ("kernel",), layer + name + ".weight", "linear", True, i_shape, o_shape))
+    def lin(path, name, i_shape, o_shape, bias, offset=0):
+        out.append(_Leaf(("layers",) + path + ("kernel",), layer + name + ".weight", "linear", True, i_shape, o_shape, offset))
         if bias:
-            out.append(_Leaf(("layers",) + path + ("bias",), layer + name + ".bias", "bias", True, (), o_shape))
+            out.append(_Leaf(("layers",) + path + ("bias",), layer + name + ".bias", "bias", True, (), o_shape, offset))
 
     def norm(path, name):
         out.append(_Leaf(("layers",) + path + ("scale",), layer + name + ".weight", "copy", True))
 
-    lin(("attention", "query"), "self_attn.q_proj", (d,), (h, hd), c.qkv_bias)
-    lin(("attention", "key"), "self_attn.k_proj", (d,), (k, hd), c.qkv_bias)
-    lin(("attention", "value"), "self_attn.v_proj", (d,), (k, hd), c.qkv_bias)
+    if c.architecture == "phi3":  # fused q|k|v rows
+        lin(("attention", "query"), "self_attn.qkv_proj", (d,), (h, hd), c.qkv_bias)
+        lin(("attention", "key"), "self_attn.qkv_proj", (d,), (k, hd), c.qkv_bias, h * hd)
+        lin(("attention", "value"), "self_attn.qkv_proj", (d,), (k, hd), c.qkv_bias, (h + k) * hd)
+    else:
+        lin(("attention", "query"), "self_attn.q_proj", (d,), (h, hd), c.qkv_bias)
+        lin(("attention", "key"), "self_attn.k_proj", (d,), (k, hd), c.qkv_bias)
+        lin(("attention", "value"), "self_attn.v_proj", (d,), (k, hd), c.qkv_bias)
     lin(("attention", "out"), "self_attn.o_proj", (h, hd), (d,), c.out_bias)
     if c.qk_norm:
         norm(("attention", "query_norm"), "self_attn.q_norm")
         norm(("attention", "key_norm"), "self_attn.k_norm")
-    lin(("mlp", "gate"), "mlp.gate_proj", (d,), (f,), c.mlp_bias)
-    lin(("mlp", "up"), "mlp.up_proj", (d,), (f,), c.mlp_bias)
+    if c.architecture == "phi3":  # fused gate|up rows
+        lin(("mlp", "gate"), "mlp.gate_up_proj", (d,), (f,), c.mlp_bias)
+        lin(("mlp", "up"), "mlp.gate_up_proj", (d,), (f,), c.mlp_bias, f)
+    else:
+        lin(("mlp", "gate"), "mlp.gate_proj", (d,), (f,), c.mlp_bias)
+        lin(("mlp", "up"), "mlp.up_proj", (d,), (f,), c.mlp_bias)
     lin(("mlp", "down"), "mlp.down_proj", (f,), (d,), c.mlp_bias)
     norm(("attn_norm",), "input_layernorm")
     if c.sandwich_norms:
@@ -99,8 +120,37 @@ def _leaves(config: ModelConfig) -> list[_Leaf]:
     return out
 
 
+def _gpt2_leaves(config: ModelConfig) -> list[_Leaf]:
+    """GPT2LMHeadModel's tensors: Conv1D kernels `[in, out]`, fused q|k|v columns in `c_attn`."""
+    c = config
+    d, h, hd, f = c.hidden_size, c.num_heads, c.head_dim, c.intermediate_size
+    layer = "transformer.h.{i}."
+    out = [
+        _Leaf(("embedder", "embedding"), "transformer.wte.weight", "copy", False),
+        _Leaf(("position_embedder", "embedding"), "transformer.wpe.weight", "copy", False),
+    ]
+
+    def conv(path, name, i_shape, o_shape, offset=0):
+        out.append(_Leaf(("layers",) + path + ("kernel",), layer + name + ".weight", "conv", True, i_shape, o_shape, offset))
+        out.append(_Leaf(("layers",) + path + ("bias",), layer + name + ".bias", "bias", True, (), o_shape, offset))
+
+    for n, name in enumerate(("query", "key", "value")):
+        conv(("attention", name), "attn.c_attn", (d,), (h, hd), n * d)
+    conv(("attention", "out"), "attn.c_proj", (h, hd), (d,))
+    conv(("mlp", "up"), "mlp.c_fc", (d,), (f,))
+    conv(("mlp", "down"), "mlp.c_proj", (f,), (d,))
+    for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+        out.append(_Leaf(("layers", ours, "scale"), layer + theirs + ".weight", "copy", True))
+        out.append(_Leaf(("layers", ours, "bias"), layer + theirs + ".bias", "copy", True))
+    out.append(_Leaf(("final_norm", "scale"), "transformer.ln_f.weight", "copy", False))
+    out.append(_Leaf(("final_norm", "bias"), "transformer.ln_f.bias", "copy", False))
+    if not c.tie_word_embeddings:
+        out.append(_Leaf(("lm_head", "kernel"), "lm_head.weight", "linear", False, (d,), (c.vocab_size,)))
+    return out
+
+
 def _leaf_shape(leaf: _Leaf, hf_shape: tuple[int, ...], n_layers: int) -> tuple[int, ...]:
-    if leaf.kind == "linear":
+    if leaf.kind in ("linear", "conv"):
         shape = leaf.in_shape + leaf.out_shape
     elif leaf.kind == "bias":
         shape = leaf.out_shape
@@ -128,16 +178,24 @@ def _group(shape: tuple[int, ...], slices: list[slice]) -> tuple[slice, tuple[in
     )
 
 
+def _shifted(s: slice, offset: int) -> slice:
+    return slice(s.start + offset, s.stop + offset)
+
+
 def _read_one(leaf: _Leaf, tensor_slice: Any, slices: list[slice]) -> np.ndarray:
     """The block `slices` of our (per-layer) layout, read from one HF tensor slice handle."""
     if leaf.kind == "copy":
         return np.asarray(tensor_slice[tuple(slices)])
     if leaf.kind == "bias":
         flat, block, post = _group(leaf.out_shape, slices)
-        return np.asarray(tensor_slice[flat]).reshape(block)[post]
+        return np.asarray(tensor_slice[_shifted(flat, leaf.offset)]).reshape(block)[post]
     n_in = len(leaf.in_shape)
     in_flat, in_block, in_post = _group(leaf.in_shape, slices[:n_in])
     out_flat, out_block, out_post = _group(leaf.out_shape, slices[n_in:])
+    out_flat = _shifted(out_flat, leaf.offset)
+    if leaf.kind == "conv":  # [in, out]: already our order
+        raw = np.asarray(tensor_slice[in_flat, out_flat])
+        return raw.reshape(in_block + out_block)[in_post + out_post]
     raw = np.asarray(tensor_slice[out_flat, in_flat])  # [out, in]
     raw = raw.reshape(out_block + in_block)
     n_out = len(leaf.out_shape)
@@ -146,14 +204,34 @@ def _read_one(leaf: _Leaf, tensor_slice: Any, slices: list[slice]) -> np.ndarray
 
 
 def _to_hf(leaf: _Leaf, value: np.ndarray) -> np.ndarray:
-    """Our per-layer array in HF layout."""
+    """Our per-layer array in HF layout (its part of the HF tensor, for fused ones)."""
     if leaf.kind == "copy":
         return value
     if leaf.kind == "bias":
         return value.reshape(-1)
     n_in = len(leaf.in_shape)
     flat_in = int(np.prod(value.shape[:n_in]))
+    if leaf.kind == "conv":
+        return np.ascontiguousarray(value.reshape(flat_in, -1))
     return np.ascontiguousarray(value.reshape(flat_in, -1).T)
+
+
+def _fuse(parts: list[tuple[_Leaf, np.ndarray]]) -> np.ndarray:
+    """One HF tensor from the HF-layout parts of the leaves stored in it (offset order)."""
+    if len(parts) == 1:
+        return parts[0][1]
+    leaf = parts[0][0]
+    axis = 1 if leaf.kind == "conv" else 0  # the output dimension
+    ordered = sorted(parts, key=lambda p: p[0].offset)
+    return np.ascontiguousarray(np.concatenate([value for _, value in ordered], axis=axis))
+
+
+def _by_hf_name(leaves: list[_Leaf]) -> dict[str, list[_Leaf]]:
+    """HF tensor name template -> the leaves stored in it (several for fused tensors)."""
+    grouped: dict[str, list[_Leaf]] = {}
+    for leaf in leaves:
+        grouped.setdefault(leaf.hf, []).append(leaf)
+    return grouped
 
 
 # --------------------------------------------------------------------------------------
@@ -224,21 +302,28 @@ class _Checkpoint:
         self._files.clear()
 
 
-def _name_mapper(names: Mapping[str, Any]) -> Callable[[str], str]:
-    """Maps our HF-style names to the checkpoint's: multimodal Gemma3 checkpoints nest the
-    text model (`language_model.model.*` in older, `model.language_model.*` in newer ones)."""
-    if "model.embed_tokens.weight" in names:
+def _name_mapper(names: Mapping[str, Any], embedding: str) -> Callable[[str], str]:
+    """Maps our HF-style names to the checkpoint's, found by where the `embedding` tensor is:
+    multimodal Gemma3 checkpoints nest the text model (`language_model.model.*` in older,
+    `model.language_model.*` in newer ones); GPT-2 checkpoints saved from `GPT2Model` (e.g.
+    the original `gpt2` on the hub) lack the `transformer.` prefix."""
+    if embedding in names:
         return lambda name: name
-    if "language_model.model.embed_tokens.weight" in names:
+    if "language_model." + embedding in names:
         return lambda name: "language_model." + name
-    if "model.language_model.embed_tokens.weight" in names:
+    if embedding.startswith("model.") and "model.language_model." + embedding[len("model."):] in names:
         return lambda name: (
             "model.language_model." + name[len("model."):] if name.startswith("model.") else name
         )
+    if embedding.startswith("transformer.") and embedding[len("transformer."):] in names:
+        return lambda name: name[len("transformer."):] if name.startswith("transformer.") else name
     raise KeyError(
-        "No embedding tensor (model.embed_tokens.weight) found in the checkpoint; "
-        f"first names: {sorted(names)[:8]}"
+        f"No embedding tensor ({embedding}) found in the checkpoint; first names: {sorted(names)[:8]}"
     )
+
+
+# Non-parameter buffers some GPT-2 checkpoints store (the causal mask); transformers skips them.
+_GPT2_BUFFERS = re.compile(r"(^|\.)attn\.(masked_)?bias$")
 
 
 # --------------------------------------------------------------------------------------
@@ -280,23 +365,25 @@ def load_pretrained(
 
 
 def _load_params(config, ckpt: _Checkpoint, mesh, rules, dtype) -> dict:
-    rename = _name_mapper(ckpt.weight_map)
     leaves = _leaves(config)
-    needed: dict[str, _Leaf] = {}
+    rename = _name_mapper(ckpt.weight_map, leaves[0].hf)
+    needed: set[str] = set()
     missing = []
-    for leaf in leaves:
-        layer_ids = range(config.num_layers) if leaf.layered else [None]
+    for template in _by_hf_name(leaves):
+        layer_ids = range(config.num_layers) if "{i}" in template else [None]
         for i in layer_ids:
-            name = rename(leaf.hf.format(i=i))
+            name = rename(template.format(i=i))
             if name not in ckpt.weight_map:
                 missing.append(name)
-            needed[name] = leaf
+            needed.add(name)
     if missing:
         raise KeyError(
             f"{len(missing)} tensor(s) missing from the checkpoint for {config.architecture}: "
             f"{missing[:10]}{' ...' if len(missing) > 10 else ''}"
         )
-    unused = sorted(set(ckpt.weight_map) - set(needed))
+    unused = sorted(set(ckpt.weight_map) - needed)
+    if config.architecture == "gpt2":
+        unused = [name for name in unused if not _GPT2_BUFFERS.search(name)]
     if unused:
         logging.warning(
             "%d checkpoint tensor(s) not used by the %s model (e.g. %s).",
@@ -440,20 +527,22 @@ def save_pretrained(
 
     # Plan the shards from shapes alone, then fetch and write one shard at a time: host
     # memory peaks at one shard plus one layer's tensor, whatever the model size.
-    plan: list[list[tuple[str, _Leaf, int | None]]] = [[]]
+    plan: list[list[tuple[str, list[_Leaf], int | None]]] = [[]]
     sizes = [0]
     stored_dtype = None
-    for leaf in leaves:
-        array = _get(params, leaf.path)
-        dt = target if target is not None else np.dtype(array.dtype)
-        stored_dtype = stored_dtype or dt
-        layer_ids = range(array.shape[0]) if leaf.layered else [None]
-        per_tensor = int(np.prod(array.shape[1:] if leaf.layered else array.shape)) * dt.itemsize
+    for template, parts in _by_hf_name(leaves).items():
+        per_tensor = 0
+        for leaf in parts:
+            array = _get(params, leaf.path)
+            dt = target if target is not None else np.dtype(array.dtype)
+            stored_dtype = stored_dtype or dt
+            per_tensor += int(np.prod(array.shape[1:] if leaf.layered else array.shape)) * dt.itemsize
+        layer_ids = range(config.num_layers) if parts[0].layered else [None]
         for i in layer_ids:
             if sizes[-1] and sizes[-1] + per_tensor > limit:
                 plan.append([])
                 sizes.append(0)
-            plan[-1].append((leaf.hf.format(i=i), leaf, i))
+            plan[-1].append((template.format(i=i), parts, i))
             sizes[-1] += per_tensor
 
     if write:
@@ -469,12 +558,15 @@ def save_pretrained(
     weight_map = {}
     for fname, entries in zip(names, plan):
         tensors = {}
-        for name, leaf, i in entries:
-            array = _get(params, leaf.path)
-            value = _host_array(array if i is None else array[i])
-            if target is not None:
-                value = value.astype(target)
-            tensors[name] = np.ascontiguousarray(_to_hf(leaf, value))
+        for name, parts, i in entries:
+            hf_parts = []
+            for leaf in parts:
+                array = _get(params, leaf.path)
+                value = _host_array(array if i is None else array[i])
+                if target is not None:
+                    value = value.astype(target)
+                hf_parts.append((leaf, _to_hf(leaf, value)))
+            tensors[name] = np.ascontiguousarray(_fuse(hf_parts))
             weight_map[name] = fname
             progress.update(1)
         if write:

@@ -10,6 +10,15 @@ projections it adapts (stacked over layers like the params):
 update). `a` is random (std 1/r, as the upstream) and `b` zero, so an untrained adapter
 changes nothing; that is the Hu et al. orientation (input side random, output side zero).
 `merge_lora` folds adapters into the kernels for export.
+
+Fused HF projections (GPT-2's `c_attn`, Phi-3's `qkv_proj` and `gate_up_proj`) are
+separate projections in our tree (`hf_io` splits them on load and fuses them on save), so
+the targets are the same names for every architecture: `query`, `key` and `value` each
+get their own adapter, which on the fused kernel is one adapter of rank 3r whose factors
+are block-structured (each block of output columns sees only its own rank-r pair). This
+keeps per-projection control (e.g. adapting only `query` and `value`) and merges into
+exactly the tensors that are exported. GPT-2's MLP has no `gate`: the default target list
+adapts the projections a model has; naming `gate` explicitly for GPT-2 is an error.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from typing import Any
 import gin
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import traverse_util
 
 from tokenkit.models.config import ModelConfig
@@ -69,13 +79,38 @@ def _io_sizes(config: ModelConfig, target: str) -> tuple[int, int]:
     }[target]
 
 
+def model_targets(config: ModelConfig) -> tuple[str, ...]:
+    """The LoRA targets `config`'s model has (GPT-2's ungated MLP has no `gate`)."""
+    return tuple(t for t in LORA_TARGETS if t != "gate" or config.gated_mlp)
+
+
+def _targets_for(config: ModelConfig, lora: LoraConfig) -> tuple[str, ...]:
+    available = model_targets(config)
+    absent = [t for t in lora.targets if t not in available]
+    if absent and lora.targets != tuple(LORA_TARGETS):
+        raise ValueError(
+            f"LoRA target(s) {absent} do not exist in {config.architecture} "
+            f"(its targets: {', '.join(available)})."
+        )
+    if absent:
+        logging.info(
+            "LoRA: %s has no %s projection; adapting %s.", config.architecture, absent, available
+        )
+    return tuple(t for t in lora.targets if t in available)
+
+
 def init_lora(
     rng: jax.Array, config: ModelConfig, lora: LoraConfig, dtype: Any = jnp.float32
 ) -> dict:
-    """Fresh adapters for `lora.targets`: `a` ~ N(0, 1/r^2), `b` = 0."""
+    """Fresh adapters for `lora.targets`: `a` ~ N(0, 1/r^2), `b` = 0.
+
+    The default targets (all names) adapt every projection the model has; a target named
+    explicitly that the model lacks (`gate` on GPT-2) is an error.
+    """
     tree: dict = {}
-    keys = jax.random.split(rng, len(lora.targets))
-    for key, target in zip(keys, lora.targets):
+    targets = _targets_for(config, lora)
+    keys = jax.random.split(rng, len(targets))
+    for key, target in zip(keys, targets):
         n_in, n_out = _io_sizes(config, target)
         a = jax.random.normal(key, (config.num_layers, n_in, lora.rank), dtype) / lora.rank
         b = jnp.zeros((config.num_layers, lora.rank, n_out), dtype)

@@ -40,6 +40,7 @@ _BASE_RULES: Rules = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
+    ("positions", None),  # GPT-2's learned position table (small; replicated)
     ("cache_length", None),
     ("lora_rank", None),
 )

@@ -1,15 +1,21 @@
-"""One decoder-only transformer core for Llama, Mistral, Qwen2, Qwen3, Gemma2 and Gemma3.
+"""One decoder-only transformer core for Llama, Mistral, Qwen2, Qwen3, Gemma2, Gemma3,
+GPT-2 and Phi-3.
 
-The architectures differ only in switches of `ModelConfig`; the per-layer differences
-(sliding window or global attention, Gemma3's local/global RoPE bases) are data, passed to
-the layer stack as scanned inputs. The layers run under `nn.scan` with stacked parameters
-(a leading "layers" axis), so compile time does not grow with depth; `remat_policy` wraps
-each layer in `jax.checkpoint`.
+The architectures differ only in switches of `ModelConfig` (norm kind, position kind,
+gated or plain MLP, biases, ...); the per-layer differences (sliding window or global
+attention, Gemma3's local/global RoPE bases) are data, passed to the layer stack as
+scanned inputs. Fused HF tensors (GPT-2's `c_attn`, Phi-3's `qkv_proj` and
+`gate_up_proj`) are split into the separate projections below when a checkpoint is read
+and fused again when it is written (`hf_io`), so the parameter tree, LoRA targets and
+shardings are the same for every architecture. The layers run under `nn.scan` with
+stacked parameters (a leading "layers" axis), so compile time does not grow with depth;
+`remat_policy` wraps each layer in `jax.checkpoint`.
 
 Parameter tree (plain dict; logical axis names in brackets, see `sharding.py`):
 
     embedder/embedding              [V, D]          (vocab, embed)
-    layers/attn_norm/scale          [L, D]          (layers, norm)
+    position_embedder/embedding     [P, D]          (positions, embed)   (GPT-2 only)
+    layers/attn_norm/scale          [L, D]          (layers, norm)       (+ /bias: GPT-2)
     layers/attention/query/kernel   [L, D, H, hd]   (layers, embed, heads, head_dim)
     layers/attention/key/kernel     [L, D, K, hd]   (layers, embed, kv_heads, head_dim)
     layers/attention/value/kernel   [L, D, K, hd]
@@ -17,17 +23,30 @@ Parameter tree (plain dict; logical axis names in brackets, see `sharding.py`):
     layers/attention/{query,key}_norm/scale  [L, hd]   (qk_norm only)
     layers/post_attn_norm/scale, layers/post_mlp_norm/scale  (Gemma sandwich norms)
     layers/mlp_norm/scale           [L, D]
-    layers/mlp/{gate,up}/kernel     [L, D, F]       (layers, embed, mlp)
+    layers/mlp/{gate,up}/kernel     [L, D, F]       (layers, embed, mlp)  (no gate: GPT-2)
     layers/mlp/down/kernel          [L, F, D]       (layers, mlp, embed)
-    final_norm/scale                [D]             (norm)
+    .../bias                        the kernel's output axes (where the config has biases)
+    final_norm/scale                [D]             (norm)                (+ /bias: GPT-2)
     lm_head/kernel                  [D, V]          (embed, vocab)   (untied only)
     expand_embedder/embedding       [V', D]         optional, see below
 
 Norm weights are stored as HF stores them; Gemma's `(1 + w)` is applied in the norm.
+GPT-2's MLP is `down(act(up(x)))` (its `c_fc` is `up`, its `c_proj` is `down`).
 
 Conventions of a forward pass:
 - right padding with an attention mask; positions are `cumsum(mask) - 1`, so padded
-  tokens attend to nothing real and real tokens never attend to padding;
+  tokens attend to nothing real and real tokens never attend to padding; learned
+  position embeddings (GPT-2) are looked up at these positions, clipped to the table
+  (callers keep texts within `max_position_embeddings`);
+- LongRoPE (Phi-3 128k): a row uses the long frequency factors when its length (real
+  tokens, including those already in the cache) exceeds `original_max_position_embeddings`,
+  else the short ones, for all its positions in the call; transformers decides the same
+  per forward call from the padded width, so the two agree on unpadded rows and whenever
+  every row and the padded width fall on the same side of the threshold. With a cache,
+  as in transformers' forward with a cache, the keys and values already cached keep
+  what the earlier calls computed: a row that crosses the threshold while decoding mixes
+  the two factor sets. transformers' `generate` re-prefills a row at that point (its
+  whole prefix with the long factors); callers wanting that must do the same;
 - `output_hidden_states` returns `[L + 1, B, T, D]`, as HF's `output_hidden_states`: the
   embedding output, the output of layers 0..L-2, and the final-normed output of the last
   layer (HF replaces the last entry by the normed one; so do we);
@@ -38,7 +57,9 @@ Conventions of a forward pass:
 - input-id expansion: when `expanded_input_ids` is given, the rows of
   `params["expand_embedder"]["embedding"]` they index are added to the token embeddings
   *before* Gemma's sqrt(D) scaling, so both tables are scaled alike (as the upstream did
-  by embedding each id sequence through the scaled embed function and summing).
+  by embedding each id sequence through the scaled embed function and summing), and
+  before GPT-2's position embeddings, which are added to every input (also to
+  `inputs_embeds`, as in transformers).
 """
 
 from __future__ import annotations
@@ -71,7 +92,8 @@ _MASKED = float(np.finfo(np.float32).min)
 class KVCache:
     """Keys/values of all layers for incremental decoding.
 
-    `key`, `value`: `[L, B, S, K, hd]`; slot s of row b holds the token at position s.
+    `key`, `value`: `[L, B, S, K, hd]`; slot s of row b holds the token at position s
+    (keys after RoPE).
     `lengths`: int32 `[B]`, the number of tokens of each row already in the cache.
     """
 
@@ -132,6 +154,35 @@ class RMSNorm(nn.Module):
         return (y * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
 
 
+class LayerNorm(nn.Module):
+    """LayerNorm with weight and bias (GPT-2), computed in float32."""
+
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (d,), self.param_dtype
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (d,), self.param_dtype
+        )
+        x32 = x.astype(jnp.float32)
+        centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        y = centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def _norm(config: ModelConfig, name: str, dtype: Any, param_dtype: Any) -> nn.Module:
+    """The model's norm over the hidden dimension (RMSNorm, or GPT-2's LayerNorm)."""
+    if config.norm_kind == "layer":
+        return LayerNorm(config.rms_norm_eps, dtype, param_dtype, name=name)
+    return RMSNorm(config.rms_norm_eps, config.norm_offset, dtype, param_dtype, name=name)
+
+
 class Projection(nn.Module):
     """A linear map from the trailing `in_shape` dims of x to `out_shape` dims.
 
@@ -184,14 +235,27 @@ class Projection(nn.Module):
         return y
 
 
-def _rope(x: Array, positions: Array, inv_freq: Array) -> Array:
-    """Rotary embedding, rotate-half layout (HF's q/k weight order). x: [B, T, N, hd]."""
-    angles = positions.astype(jnp.float32)[:, :, None] * inv_freq.astype(jnp.float32)[None, None]
+def _rope(x: Array, positions: Array, inv_freq: Array, scale: float = 1.0) -> Array:
+    """Rotary embedding, rotate-half layout (HF's q/k weight order).
+
+    x: `[B, T, N, hd]`; positions: `[B, T]`; inv_freq: `[r / 2]`, or `[B, r / 2]` per row.
+    Only the first `r` dims of each head rotate (partial rotary); the rest pass through.
+    `scale` multiplies cos and sin (LongRoPE's attention factor).
+    """
+    inv = inv_freq.astype(jnp.float32)
+    inv = inv[None] if inv.ndim == 1 else inv
+    angles = positions.astype(jnp.float32)[:, :, None] * inv[:, None, :]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
+    cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+    rot = angles.shape[-1]
+    x_rot = x[..., :rot]
+    half = rot // 2
+    rotated = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
+    out = x_rot * cos + rotated * sin
+    return out if rot == x.shape[-1] else jnp.concatenate([out, x[..., rot:]], axis=-1)
 
 
 def attention_allowed(q_pos: Array, k_pos: Array, k_valid: Array, window: Array) -> Array:
@@ -225,7 +289,7 @@ class Attention(nn.Module):
     attention_impl: str
 
     @nn.compact
-    def __call__(self, x: Array, inv_freq: Array, window: Array, kv: dict, cache_kv) -> tuple:
+    def __call__(self, x: Array, per_layer: dict, kv: dict, cache_kv) -> tuple:
         c = self.config
         d, h, k, hd = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
         proj = dict(
@@ -239,8 +303,12 @@ class Attention(nn.Module):
                         param_dtype=self.param_dtype, axis_name="head_dim")
             q = RMSNorm(name="query_norm", **norm)(q)
             key = RMSNorm(name="key_norm", **norm)(key)
-        q = _rope(q, kv["q_pos"], inv_freq)
-        key = _rope(key, kv["q_pos"], inv_freq)
+        if c.position_kind == "rope":
+            inv_freq = per_layer["inv_freq"]
+            if c.rope.varies_with_length:
+                inv_freq = jnp.where(kv["use_long_rope"][:, None], per_layer["inv_freq_long"], inv_freq)
+            q = _rope(q, kv["q_pos"], inv_freq, c.rope.attention_factor)
+            key = _rope(key, kv["q_pos"], inv_freq, c.rope.attention_factor)
 
         if cache_kv is not None:
             cache_k, cache_v = cache_kv
@@ -253,7 +321,7 @@ class Attention(nn.Module):
             all_k, all_v = key, value
             new_cache = None
 
-        allowed = attention_allowed(kv["q_pos"], kv["k_pos"], kv["k_valid"], window)
+        allowed = attention_allowed(kv["q_pos"], kv["k_pos"], kv["k_valid"], per_layer["window"])
         if self.attention_impl == "einsum":
             out = _einsum_attention(q, all_k, all_v, allowed, c.attention_scale, c.attn_logit_softcap)
         else:
@@ -284,13 +352,19 @@ class MLP(nn.Module):
             use_bias=c.mlp_bias,
         )
         d, f = c.hidden_size, c.intermediate_size
-        gate = Projection((d,), (f,), ("embed",), ("mlp",), name="gate", **proj)(x)
         up = Projection((d,), (f,), ("embed",), ("mlp",), name="up", **proj)(x)
-        if c.activation == "silu":
-            act = jax.nn.silu(gate)
+        if c.gated_mlp:
+            gate = Projection((d,), (f,), ("embed",), ("mlp",), name="gate", **proj)(x)
+            h = _activation(c.activation, gate) * up
         else:
-            act = jax.nn.gelu(gate, approximate=c.activation == "gelu_tanh")
-        return Projection((f,), (d,), ("mlp",), ("embed",), name="down", **proj)(act * up)
+            h = _activation(c.activation, up)
+        return Projection((f,), (d,), ("mlp",), ("embed",), name="down", **proj)(h)
+
+
+def _activation(name: str, x: Array) -> Array:
+    if name == "silu":
+        return jax.nn.silu(x)
+    return jax.nn.gelu(x, approximate=name == "gelu_tanh")
 
 
 class DecoderLayer(nn.Module):
@@ -306,20 +380,19 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, per_layer: dict, shared: dict) -> tuple[Array, tuple]:
         c = self.config
-        norm = dict(eps=c.rms_norm_eps, offset=c.norm_offset, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
+        norm = functools.partial(_norm, c, dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
-        h = RMSNorm(name="attn_norm", **norm)(x)
+        h = norm("attn_norm")(x)
         h, new_cache = Attention(
             c, self.dtype, self.param_dtype, self.lora_alpha, self.attention_impl, name="attention"
-        )(h, per_layer["inv_freq"], per_layer["window"], shared, per_layer.get("cache"))
+        )(h, per_layer, shared, per_layer.get("cache"))
         if c.sandwich_norms:
-            h = RMSNorm(name="post_attn_norm", **norm)(h)
+            h = norm("post_attn_norm")(h)
         x = x + h
-        h = RMSNorm(name="mlp_norm", **norm)(x)
+        h = norm("mlp_norm")(x)
         h = MLP(c, self.dtype, self.param_dtype, self.lora_alpha, name="mlp")(h)
         if c.sandwich_norms:
-            h = RMSNorm(name="post_mlp_norm", **norm)(h)
+            h = norm("post_mlp_norm")(h)
         x = (x + h).astype(self.dtype)
         return x, (x if self.output_hidden_states else None, new_cache)
 
@@ -381,6 +454,12 @@ class Transformer(nn.Module):
             attention_mask = jnp.ones((b, t), jnp.int32)
         mask = attention_mask.astype(bool)
         steps = jnp.cumsum(mask.astype(jnp.int32), axis=1)
+        if cache is None:
+            q_pos = steps - 1
+            row_lengths = steps[:, -1]
+        else:
+            q_pos = cache.lengths[:, None] + steps - 1
+            row_lengths = cache.lengths + steps[:, -1]
 
         embedding = _Table((c.vocab_size, c.hidden_size), ("vocab", "embed"), "embedding",
                            self.param_dtype, name="embedder")()
@@ -396,19 +475,22 @@ class Transformer(nn.Module):
             x = embed_tokens(c, embedding, input_ids, extra, expanded_input_ids, self.dtype)
         else:
             x = inputs_embeds.astype(self.dtype)
+        if c.position_kind == "learned":
+            table = _Table((c.max_position_embeddings, c.hidden_size), ("positions", "embed"),
+                           "embedding", self.param_dtype, name="position_embedder")()
+            # Clipped: padding has position -1 in an empty row; texts stay within the table.
+            where = jnp.clip(q_pos, 0, c.max_position_embeddings - 1)
+            x = x + jnp.take(table, where, axis=0).astype(self.dtype)
 
         if cache is None:
-            q_pos = steps - 1
             shared = {"q_pos": q_pos, "k_pos": q_pos, "k_valid": mask}
             cache_in = None
         else:
-            q_pos = cache.lengths[:, None] + steps - 1
-            new_lengths = cache.lengths + steps[:, -1]
             slots = jnp.arange(cache.max_length, dtype=jnp.int32)[None, :]
             shared = {
                 "q_pos": q_pos,
                 "k_pos": jnp.broadcast_to(slots, (b, cache.max_length)),
-                "k_valid": slots < new_lengths[:, None],
+                "k_valid": slots < row_lengths[:, None],
                 # Padding tokens get an out-of-range slot: the scatter drops them.
                 "write_idx": jnp.where(mask, q_pos, cache.max_length),
             }
@@ -418,6 +500,9 @@ class Transformer(nn.Module):
             "inv_freq": jnp.asarray(c.layer_inv_freqs()),
             "window": jnp.asarray(c.layer_windows()),
         }
+        if c.position_kind == "rope" and c.rope.varies_with_length:
+            per_layer["inv_freq_long"] = jnp.asarray(c.layer_inv_freqs(long=True))
+            shared["use_long_rope"] = row_lengths > c.rope.original_max_position_embeddings
         if cache_in is not None:
             per_layer["cache"] = cache_in
 
@@ -438,7 +523,7 @@ class Transformer(nn.Module):
         )
         embedded = x
         x, (layer_outputs, new_kv) = stack(x, per_layer, shared)
-        x = RMSNorm(c.rms_norm_eps, c.norm_offset, self.dtype, self.param_dtype, name="final_norm")(x)
+        x = _norm(c, "final_norm", self.dtype, self.param_dtype)(x)
 
         hidden_states = None
         if output_hidden_states:
@@ -464,7 +549,7 @@ class Transformer(nn.Module):
 
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(key=new_kv[0], value=new_kv[1], lengths=new_lengths)
+            new_cache = KVCache(key=new_kv[0], value=new_kv[1], lengths=row_lengths)
         return TransformerOutput(logits=logits, hidden_states=hidden_states, cache=new_cache)
 
 
@@ -496,7 +581,8 @@ def embed_tokens(
     dtype: Any = jnp.float32,
 ) -> Array:
     """Input embeddings as the model computes them: rows of `table` (+ rows of
-    `extra_table` at `extra_ids`, the input-id expansion), then Gemma's sqrt(D) scaling."""
+    `extra_table` at `extra_ids`, the input-id expansion), then Gemma's sqrt(D) scaling.
+    GPT-2's position embeddings are not included: the model adds them to these."""
     x = jnp.take(table, input_ids, axis=0).astype(dtype)
     if extra_ids is not None:
         x = x + jnp.take(extra_table, extra_ids, axis=0).astype(dtype)

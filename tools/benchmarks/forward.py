@@ -21,6 +21,27 @@ from absl import app, flags
 
 from tokenkit.models import ModelConfig, RopeConfig, Transformer, init_params
 
+def _gpt2(vocab: int, d: int, layers: int, heads: int, positions: int) -> ModelConfig:
+    """A GPT-2 shape (LayerNorm, learned positions, ungated GELU MLP, biases)."""
+    return ModelConfig(
+        "gpt2", vocab_size=vocab, hidden_size=d, intermediate_size=4 * d, num_layers=layers,
+        num_heads=heads, num_kv_heads=heads, head_dim=d // heads, max_position_embeddings=positions,
+        rms_norm_eps=1e-5, activation="gelu_tanh", tie_word_embeddings=True, qkv_bias=True,
+        out_bias=True, mlp_bias=True, norm_kind="layer", position_kind="learned", gated_mlp=False,
+    )
+
+
+def _longrope(rotary_dim: int, original: int, max_positions: int) -> RopeConfig:
+    """Phi-3-128k style LongRoPE (synthetic factors of the right length; speed only)."""
+    n = rotary_dim // 2
+    factor = max_positions / original
+    return RopeConfig(
+        10_000.0, "longrope", factor, original_max_position_embeddings=original,
+        short_factor=(1.0,) * n, long_factor=tuple(np.linspace(1.0, 8.0, n)),
+        attention_factor=float(np.sqrt(1 + np.log(factor) / np.log(original))),
+    )
+
+
 SIZES = {
     "tiny": ModelConfig(
         "llama", vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4,
@@ -29,6 +50,19 @@ SIZES = {
     "small": ModelConfig(
         "llama", vocab_size=32000, hidden_size=512, intermediate_size=1536, num_layers=8,
         num_heads=8, num_kv_heads=4, head_dim=64, tie_word_embeddings=True,
+    ),
+    "gpt2-tiny": _gpt2(512, 128, 4, 4, 1024),
+    "phi3-tiny": ModelConfig(
+        "phi3", vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4,
+        num_heads=4, num_kv_heads=4, head_dim=32, max_position_embeddings=131072,
+        rope=_longrope(32, 4096, 131072),
+    ),
+    # The shapes of GPT-2 (124M) and Phi-3-mini-128k.
+    "gpt2": _gpt2(50257, 768, 12, 12, 1024),
+    "phi3-mini": ModelConfig(
+        "phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_layers=32,
+        num_heads=32, num_kv_heads=32, head_dim=96, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, rope=_longrope(96, 4096, 131072),
     ),
     # The shape of Llama-3.2-1B.
     "llama-1b": ModelConfig(
