@@ -343,7 +343,8 @@ class ModelConfig:
             [local_f if t == SLIDING_ATTENTION else full_f for t in self.layer_types]
         ).astype(np.float32)
 
-    def _matmul_params_per_layer(self) -> int:
+    def matmul_params_per_layer(self) -> int:
+        """Weights of one layer's matrix products (q, k, v, out and the MLP)."""
         d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
         return d * hd * (self.num_heads * 2 + self.num_kv_heads * 2) + (3 if self.gated_mlp else 2) * d * f
 
@@ -351,7 +352,7 @@ class ModelConfig:
         """Parameter count (embeddings included once when tied), as transformers counts it."""
         d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
         norm = d * (2 if self.norm_kind == "layer" else 1)
-        per_layer = self._matmul_params_per_layer() + norm * (4 if self.sandwich_norms else 2)
+        per_layer = self.matmul_params_per_layer() + norm * (4 if self.sandwich_norms else 2)
         if self.qkv_bias:
             per_layer += hd * (self.num_heads + 2 * self.num_kv_heads)
         if self.out_bias:
@@ -367,7 +368,7 @@ class ModelConfig:
 
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token: 2 x matmul parameters + attention scores and values."""
-        matmul_params = self.num_layers * self._matmul_params_per_layer() + self.vocab_size * self.hidden_size
+        matmul_params = self.num_layers * self.matmul_params_per_layer() + self.vocab_size * self.hidden_size
         attention = self.num_layers * 2 * 2 * self.num_heads * self.head_dim * seq_len
         return 2.0 * matmul_params + attention
 

@@ -51,11 +51,9 @@ def peak_flops(device_kind: str) -> float | None:
 def forward_flops_per_token(config: ModelConfig, context: int) -> float:
     """Matmul FLOPs of one forward pass per token at a context of `context` tokens."""
     c = config
-    d, f = c.hidden_size, c.intermediate_size
-    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    per_layer = d * q + 2 * d * kv + q * d + 3 * d * f  # q, k, v, out; gate, up, down
-    dense = c.num_layers * per_layer + d * c.vocab_size  # + the unembedding
-    attention = c.num_layers * 2 * context * q  # scores and values, 2 * T * (H * hd) each
+    dense = c.num_layers * c.matmul_params_per_layer() + c.hidden_size * c.vocab_size
+    # Scores and values: 2 * T * (H * hd) multiply-adds each per token and layer.
+    attention = c.num_layers * 2 * context * c.num_heads * c.head_dim
     return 2.0 * dense + 2.0 * attention
 
 
