@@ -163,6 +163,9 @@ def test_saved_spec_rewrites_byte_conversion():
     assert zett_lib.saved_tokenizer_spec("x:source=Llama3:conversion=byte", "/o") == (
         "/o:source=Llama3:conversion=prebyteified"
     )
+    assert zett_lib.saved_tokenizer_spec("x:source=Llama3:conversion=pure_byte", "/o") == (
+        "/o:source=Llama3:conversion=prebyteified"
+    )
     assert zett_lib.saved_tokenizer_spec("x:source=Gemma2:target=Qwen2", "/o") == (
         "/o:source=Gemma2:target=Qwen2"
     )

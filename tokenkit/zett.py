@@ -13,8 +13,8 @@ Loads an HF-format model, initialises embeddings for `target_tokenizer` with FVT
 `transformers.AutoModelForCausalLM` and `tokenkit.models.load_pretrained` load: the
 model, the target tokenizer, `fvt_stats.json`, and `tokenizer_spec.txt` holding the
 spec to load the saved tokenizer with (the target spec with NAME replaced by the
-directory; `conversion=byte` becomes `conversion=prebyteified`, since the saved
-byte-level tokenizer's pieces already are byte-level strings).
+directory; `conversion=byte` and `pure_byte` become `conversion=prebyteified`, since the
+saved byte-level tokenizer's pieces already are byte-level strings).
 
 The output directory is `zett.output_dir` if set, else `--workdir`.
 """
@@ -30,7 +30,7 @@ import gin
 from absl import logging
 
 from tokenkit import entry
-from tokenkit.byteify import TokenizerSpec, load_byteify_tokenizer
+from tokenkit.byteify import BYTE_CONVERSIONS, TokenizerSpec, load_byteify_tokenizer
 from tokenkit.models import hf_io, load_config, load_pretrained, save_pretrained
 from tokenkit.models import transfer as transfer_lib
 
@@ -43,7 +43,7 @@ def saved_tokenizer_spec(spec: str | TokenizerSpec, directory: str | Path) -> st
     `directory`, given the spec it was loaded from."""
     if isinstance(spec, str):
         spec = TokenizerSpec.parse(spec)
-    conversion = "prebyteified" if spec.conversion == "byte" else spec.conversion
+    conversion = "prebyteified" if spec.conversion in BYTE_CONVERSIONS else spec.conversion
     return str(dataclasses.replace(spec, name=str(directory), conversion=conversion))
 
 

@@ -45,23 +45,21 @@ _apply = expand.expand_input_ids
 
 
 class Reference:
-    """Expansion written the upstream's way: a dict from tuples of byte-tokenizer ids
-    (most recent first) to old ids, and a Python walk back over each row."""
+    """Expansion written plainly: a dict from old tokens' bytes (last byte first) to old
+    ids, and a Python walk over each row keeping the bytes of the text tokens seen since
+    the last special token or padding."""
 
     def __init__(self, new, old, max_length=constants.EXPAND_INPUT_IDS_MAX_LENGTH):
         self.new, self.old, self.max_length = new, old, max_length
         self.none = len(old)
         old_special = set(old.all_special_ids)
         self.new_special = set(new.all_special_ids)
-        byte_id = {new.convert_tokens_to_ids(c): c for c in constants.BYTE_CHARS}
-        self.byte_ids = set(byte_id)
-        self.table: dict[tuple[int, ...], int] = {}
+        self.table: dict[bytes, int] = {}
         for spelling, old_id in old.get_vocab().items():
-            if old_id in old_special or len(spelling) > max_length:
+            data = constants.chars_to_bytes(spelling)
+            if old_id in old_special or len(data) > max_length:
                 continue
-            key = tuple(new.convert_tokens_to_ids(c) for c in reversed(spelling))
-            self.table[key] = old_id
-        # Special and template ids of the byte tokenizer.
+            self.table[data[::-1]] = old_id
         old_vocab = old.get_vocab()
         by_slot = {}
         for slot in families.SLOTS[::-1]:
@@ -69,36 +67,31 @@ class Reference:
             if a and b:
                 by_slot[a] = b
         self.direct = {}
-        for i in range(len(new)):
-            if i in self.byte_ids:
-                continue
+        for i in self.new_special:
             s = new.convert_ids_to_tokens(i)
             if s in old_vocab:
                 self.direct[i] = old_vocab[s]
-            elif i in self.new_special:
-                self.direct[i] = old_vocab[by_slot[s]] if s in by_slot else self.none
             else:
-                ends = [self.table[k] for n in range(len(s), 0, -1)
-                        if (k := tuple(new.convert_tokens_to_ids(c) for c in reversed(s[-n:]))) in self.table]
-                self.direct[i] = ends[0] if ends else self.none
+                self.direct[i] = old_vocab[by_slot[s]] if s in by_slot else self.none
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         out = np.full(ids.shape, self.none, np.int64)
         for b in range(ids.shape[0]):
-            history: list[int] = []
+            history = b""  # most recent byte first
             for i in range(ids.shape[1]):
                 t = int(ids[b, i])
                 if not mask[b, i]:
-                    history = []
+                    history = b""
                     continue
-                if t not in self.byte_ids:
-                    history = []
+                if t in self.new_special:
+                    history = b""
                     out[b, i] = self.direct[t]
                     continue
-                history = [t] + history[: self.max_length - 1]
+                data = constants.chars_to_bytes(self.new.convert_ids_to_tokens(t))
+                history = (data[::-1] + history)[: self.max_length]
                 for n in range(len(history), 0, -1):
-                    if tuple(history[:n]) in self.table:
-                        out[b, i] = self.table[tuple(history[:n])]
+                    if history[:n] in self.table:
+                        out[b, i] = self.table[history[:n]]
                         break
         return out
 
@@ -287,3 +280,19 @@ def test_tokenizer_without_all_bytes_is_refused(tiny_tokenizer_specs):
     old = _tok(tiny_tokenizer_specs["llama3_bpe"])
     with pytest.raises(ValueError, match=r"conversion=byte.*lacks 161 of the 256"):
         expand.build_expansion(_ascii_only_tokenizer(), old)
+
+
+def test_old_tokens_spelled_across_kept_multi_byte_tokens(pairs):
+    """`conversion=byte` keeps template words such as `ĊĊ` as tokens inside text (as the
+    upstream does); the expansion reads their bytes, so in `x):\\n\\n\\n` the kept `ĊĊ`
+    finds the old `ĊĊĊ`, whose bytes span it and the single `Ċ` before it."""
+    new, old, expansion = pairs["llama3_bpe"]
+    ids = new.encode("x):\n\n\n", add_special_tokens=False)
+    assert new.convert_ids_to_tokens(ids) == ["x", ")", ":", "Ċ", "ĊĊ"]
+    got = old.convert_ids_to_tokens(np.asarray(_apply(expansion, np.asarray([ids]))[0]).tolist())
+    assert got[-3:] == ["):", "):Ċ", "ĊĊĊ"]
+    # ... and a kept token right after a special token starts a new run.
+    bos = new.bos_token_id
+    row = [bos] + new.encode("\n\n", add_special_tokens=False)
+    out = np.asarray(_apply(expansion, np.asarray([row]))[0]).tolist()
+    assert old.convert_ids_to_tokens(out[1:]) == ["ĊĊ"]

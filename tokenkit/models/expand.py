@@ -14,25 +14,27 @@ to the token embeddings (`models.transformer`); this module provides both halves
 
 What each position gets (`Expansion.apply`):
 
-- a single-byte token: the longest old token spelling the bytes of the run of
-  consecutive byte tokens ending there (up to 16); runs stop at special / template
-  tokens and padding;
+- a text token (a single byte, or a multi-byte token the byte tokenizer keeps, such as
+  Llama 3's `ĊĊ` or Qwen2's `user`, which `conversion=byte` also produces from text):
+  the longest old token spelling the last bytes of the run of text tokens ending with
+  this token's last byte (up to 16 bytes, across token boundaries); runs stop at
+  special tokens and padding;
 - a special token: its old counterpart (the same token, else the old family's token in
   the same template slot);
-- a multi-byte template token of the byte tokenizer (`user`, `ĊĊ`; only prompts produce
-  them): the old token with its spelling, else the longest old token it ends with;
 - padding (attention mask 0), and anything without a match: `none_id`, the zero row
   that `embedding_table` appends after the old rows, so it adds nothing.
 
-Differences to the upstream, on purpose: an old token whose spelling is also a template
-token of the byte tokenizer (`user`, `ĊĊ`) is found from plain bytes too (upstream only
-from the template id); old tokens longer than 16 bytes are left out (upstream keyed them
+Differences to the upstream, on purpose: windows are bytes, not byte-tokenizer ids, so
+an old token is found whatever mix of single-byte and kept multi-byte tokens spells it
+(`ĊĊĊ` from `Ċ ĊĊ`); old tokens longer than 16 bytes are left out (upstream keyed them
 by their last 16 bytes, so any text ending in those bytes got the long token); no match
 maps to a zero row (upstream: old id 0, or -2 in its JAX version).
 
 How the lookup runs in JAX, with no per-position Python and no `L x L` or `V_old x L`
-array: the last 16 bytes before each position are packed into four uint32 words
-(`[B, L, 16]` shifted copies), and for each length n = 1..16 the masked words are hashed
+array: each row's text tokens form a byte stream (cumulative byte lengths); the last 16
+bytes before each token's end are gathered from it (a `searchsorted` per byte finds the
+token holding it) and packed into four uint32 words, and for each length n = 1..16 the
+masked words are hashed
 (uint32 arithmetic) and looked up with `searchsorted` in the sorted hashes of the old
 tokens. A candidate counts only if its length and packed bytes equal the window's, so a
 hash collision can never produce a wrong id; keys sharing a hash are all checked (the
@@ -105,9 +107,11 @@ class Expansion:
     """Precomputed lookup of one (byte tokenizer, old tokenizer) pair; a pytree.
 
     Attributes:
-      byte_of_id: int32 `[V_new]`, the byte a single-byte token stands for, else -1.
-      direct_of_id: int32 `[V_new]`, the old id of a special / template token (else
-        `none_id`).
+      bytes_of_id: int32 `[V_new, max_length]`, the bytes of each text token (its last
+        `max_length` bytes), zero-padded.
+      length_of_id: int32 `[V_new]`, how many bytes of `bytes_of_id` a token has (0 for
+        special tokens and ids the tokenizer does not have).
+      direct_of_id: int32 `[V_new]`, the old id of a special token (else `none_id`).
       key_hash: uint32 `[K]`, sorted hashes of the old tokens' (length, bytes).
       key_length: int32 `[K]`, their byte lengths.
       key_words: uint32 `[K, W]`, their bytes, last byte first, packed four per word.
@@ -119,7 +123,8 @@ class Expansion:
       hash_bits: bits of the hash kept.
     """
 
-    byte_of_id: Any
+    bytes_of_id: Any
+    length_of_id: Any
     direct_of_id: Any
     key_hash: Any
     key_length: Any
@@ -185,8 +190,8 @@ def build_expansion(
     """Precomputes the expansion lookup from a byte-level tokenizer to an old one.
 
     Args:
-      new_tokenizer: a byte-level tokenizer (`conversion=byte`): all 256 single-byte
-        tokens, plus special and template tokens.
+      new_tokenizer: a byte-level tokenizer (`conversion=byte` or `pure_byte`): all 256
+        single-byte tokens, plus special and kept template tokens.
       old_tokenizer: the tokenizer of the model whose embeddings are added.
       max_length: longest old token looked up, in bytes.
       hash_bits: bits of the lookup hash (32; fewer only to test collision handling).
@@ -233,12 +238,13 @@ def build_expansion(
     _, group_sizes = np.unique(key_hash, return_counts=True)
     max_group = int(group_sizes.max())
 
-    # Per new id: the byte it stands for, or its old counterpart.
-    by_bytes = {spelling: i for spelling, i in old_vocab.items() if i not in old_special}
+    # Per new id: its bytes (text tokens), or its old counterpart (special tokens).
     slot_map = _old_counterparts(new_tokenizer, old_tokenizer, old_vocab)
     new_special = set(new_tokenizer.all_special_ids)
-    byte_of_id = np.full(len(new_tokenizer), -1, dtype=np.int32)
+    bytes_of_id = np.zeros((len(new_tokenizer), max_length), dtype=np.int32)
+    length_of_id = np.zeros(len(new_tokenizer), dtype=np.int32)
     direct_of_id = np.full(len(new_tokenizer), none_id, dtype=np.int32)
+    single_bytes: set[int] = set()
     unmatched: list[str] = []
     for i in range(len(new_tokenizer)):
         try:
@@ -252,18 +258,13 @@ def build_expansion(
                 direct_of_id[i] = old_vocab[slot_map[spelling]]
             else:
                 unmatched.append(spelling)
-        elif len(spelling) == 1:
-            byte_of_id[i] = constants.CHARS_TO_BYTES[spelling]
-        elif spelling in old_vocab:
-            direct_of_id[i] = old_vocab[spelling]
-        else:
-            for n in range(min(len(spelling), max_length), 0, -1):
-                if spelling[-n:] in by_bytes:
-                    direct_of_id[i] = by_bytes[spelling[-n:]]
-                    break
-            else:
-                unmatched.append(spelling)
-    missing_bytes = 256 - len(set(byte_of_id[byte_of_id >= 0].tolist()))
+            continue
+        data = constants.chars_to_bytes(spelling)[-max_length:]
+        bytes_of_id[i, : len(data)] = list(data)
+        length_of_id[i] = len(data)
+        if len(data) == 1:
+            single_bytes.add(data[0])
+    missing_bytes = 256 - len(single_bytes)
     if missing_bytes:
         raise ValueError(
             f"Input-id expansion needs a byte-level new tokenizer (a spec with "
@@ -272,15 +273,16 @@ def build_expansion(
         )
     if unmatched:
         logging.warning(
-            "Expansion: %d special/template tokens of the byte tokenizer have no old "
-            "counterpart and expand to nothing: %s", len(unmatched), unmatched,
+            "Expansion: %d special tokens of the byte tokenizer have no old counterpart and "
+            "expand to nothing: %s", len(unmatched), unmatched,
         )
     logging.info(
         "Expansion %s -> %s: %d keys, largest hash group %d.",
         new_tokenizer, old_tokenizer, len(old_ids), max_group,
     )
     return Expansion(
-        byte_of_id=byte_of_id,
+        bytes_of_id=bytes_of_id,
+        length_of_id=length_of_id,
         direct_of_id=direct_of_id,
         key_hash=key_hash,
         key_length=key_length,
@@ -306,21 +308,30 @@ def expand_input_ids(
     m = e.max_length
     ids = jnp.asarray(input_ids).astype(jnp.int32)
     valid = jnp.ones(ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
-    vocab = e.byte_of_id.shape[0]
+    vocab = e.length_of_id.shape[0]
     in_range = (ids >= 0) & (ids < vocab)
     safe = jnp.where(in_range, ids, 0)
-    byte = jnp.where(in_range, jnp.asarray(e.byte_of_id)[safe], -1)
-    is_byte = valid & (byte >= 0)
+    lengths = jnp.where(valid & in_range, jnp.asarray(e.length_of_id)[safe], 0)
+    is_text = lengths > 0
     direct = jnp.where(valid & in_range, jnp.asarray(e.direct_of_id)[safe], e.none_id)
 
-    # window[..., i, k] is the byte k positions before i; ok[..., i, k]: positions
-    # i-k..i are all bytes (so a window of k+1 bytes exists).
-    length = ids.shape[-1]
-    source = jnp.arange(length)[:, None] - jnp.arange(m)[None, :]  # [L, m]
-    inside = source >= 0
-    source = jnp.maximum(source, 0)
-    window = jnp.where(inside, byte[..., source], 0)
-    run = inside & is_byte[..., source]
+    # The row's text tokens as one byte stream: token i holds bytes [ends_i - len_i, ends_i).
+    # window[..., i, k] is the byte k places before the end of token i; ok says the bytes
+    # from there to token i's end all come from text tokens (no special token between).
+    ends = jnp.cumsum(lengths, axis=-1)
+    breaks = jnp.cumsum((~is_text).astype(jnp.int32), axis=-1)
+    target = ends[..., :, None] - 1 - jnp.arange(m)[None, :]  # [..., L, m]
+    flat_ends = ends.reshape(-1, ends.shape[-1])
+    holder = jax.vmap(lambda e_, q: jnp.searchsorted(e_, q, side="right"))(
+        flat_ends, target.reshape(flat_ends.shape[0], -1)
+    ).reshape(target.shape)
+    holder = jnp.minimum(holder, ids.shape[-1] - 1)
+    holder_ids = jnp.take_along_axis(safe[..., None, :], holder, axis=-1)
+    holder_start = jnp.take_along_axis((ends - lengths)[..., None, :], holder, axis=-1)
+    offset = jnp.clip(target - holder_start, 0, m - 1)
+    window = jnp.asarray(e.bytes_of_id)[holder_ids, offset]
+    unbroken = jnp.take_along_axis(breaks[..., None, :], holder, axis=-1) == breaks[..., :, None]
+    run = (target >= 0) & unbroken & is_text[..., :, None]
     ok = jnp.cumprod(run.astype(jnp.int32), axis=-1).astype(bool)  # [..., L, m]
     window = jnp.where(ok, window, 0).astype(jnp.uint32)
     n_words = _num_words(m)
@@ -355,4 +366,4 @@ def expand_input_ids(
     longest = m - 1 - jnp.argmax(hit[..., ::-1], axis=-1)
     best = jnp.take_along_axis(found, longest[..., None], axis=-1)[..., 0]
     from_bytes = jnp.where(jnp.any(hit, axis=-1), best, e.none_id)
-    return jnp.where(is_byte, from_bytes, direct).astype(jnp.int32)
+    return jnp.where(is_text, from_bytes, direct).astype(jnp.int32)
