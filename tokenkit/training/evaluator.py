@@ -77,8 +77,7 @@ class Evaluator:
             source = sources.make_source()
         self.texts: list[str] = []
         self.chats: list[list[dict]] = []
-        for i in range(len(source)):
-            record = source[i]
+        for record in sources.iter_records(source):
             if record.get("messages") and record["messages"][-1]["role"] == "assistant":
                 if len(self.chats) < eval_chats:
                     self.chats.append(record["messages"])
