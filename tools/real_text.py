@@ -412,6 +412,38 @@ def write(out_dir: Path, documents: Sequence[Document]) -> list[Path]:
     return files
 
 
+PASSAGE_CHARS = 1000
+
+
+def passages(records: Iterable[dict], lang: str = "en", max_chars: int = PASSAGE_CHARS) -> list[dict]:
+    """Consecutive paragraphs of one document joined (blank line between) into passages
+    of at most `max_chars` characters, for training rows that are not mostly padding (a
+    paragraph averages about 160 characters); a longer paragraph is its own passage."""
+    out: list[dict] = []
+    for record in records:
+        if record["lang"] != lang:
+            continue
+        last = out[-1] if out else None
+        if (last is not None and last["source"] == record["source"]
+                and len(last["text"]) + 2 + len(record["text"]) <= max_chars):
+            last["text"] += "\n\n" + record["text"]
+        else:
+            out.append(dict(record))
+    return out
+
+
+def write_passages(out_dir: Path, lang: str = "en") -> list[Path]:
+    """`<split>_<lang>_passages.jsonl` from the split files already in `out_dir`."""
+    files = []
+    for split in SPLITS:
+        with open(out_dir / f"{split}.jsonl", encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+        path = out_dir / f"{split}_{lang}_passages.jsonl"
+        path.write_text(_jsonl(passages(records, lang)), encoding="utf-8", newline="\n")
+        files.append(path)
+    return files
+
+
 def _os_name() -> str:
     try:
         release = dict(
@@ -431,6 +463,7 @@ def build(out_dir: Path, languages: Sequence[str] = MAN_LANGUAGES) -> list[Path]
     documents = [d for d in documents if d.paragraphs]
     logging.info("Dropped %d repeated paragraphs; %d documents remain.", dropped, len(documents))
     files = write(out_dir, documents)
+    files += write_passages(out_dir)
     write_checksums(out_dir, files)
     for path in files:
         logging.info("%s: %d bytes", path, path.stat().st_size)
@@ -444,12 +477,20 @@ def _define_flags() -> None:
     # Only when run as a program: importing this module (tests do) defines no flags.
     flags.DEFINE_string("out_dir", str(OUT_DIR), "Writes the splits, pydoc_eval.txt, SOURCES.json here.")
     flags.DEFINE_list("languages", list(MAN_LANGUAGES), "Man page languages (directories of /usr/share/man).")
+    flags.DEFINE_bool("passages_only", False, "Only remake the *_en_passages.jsonl files from the "
+                      "split files already in --out_dir (and the checksums).")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    build(Path(FLAGS.out_dir), FLAGS.languages)
+    out_dir = Path(FLAGS.out_dir)
+    if FLAGS.passages_only:
+        files = [out_dir / f"{split}.jsonl" for split in SPLITS]
+        files += [out_dir / "pydoc_eval.txt", out_dir / "SOURCES.json"] + write_passages(out_dir)
+        write_checksums(out_dir, files)
+        return
+    build(out_dir, FLAGS.languages)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from tests.conftest import DATA_DIR
 from tools import real_text as rt
 
 REAL = DATA_DIR / "real"
-FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "pydoc_eval.txt", "SOURCES.json")
+FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "pydoc_eval.txt", "SOURCES.json",
+         "train_en_passages.jsonl", "validation_en_passages.jsonl", "test_en_passages.jsonl")
 
 
 def _records(split: str) -> list[dict]:
@@ -37,7 +38,7 @@ def test_checksums_and_size():
     assert sorted(listed) == sorted(FILES)
     for name, digest in listed.items():
         assert hashlib.sha256((REAL / name).read_bytes()).hexdigest() == digest, name
-    total = sum(p.stat().st_size for p in REAL.iterdir())
+    total = sum(p.stat().st_size for p in REAL.iterdir() if p.is_file())
     assert total < 4_000_000, f"data/real is {total} bytes"
 
 
@@ -227,3 +228,13 @@ def test_split_and_dedup():
     docs = [rt.Document("a", "en", ["p1", "p2"], {}), rt.Document("b", "en", ["p2", "p3"], {})]
     assert rt.deduplicate(docs) == 1
     assert [d.paragraphs for d in docs] == [["p1", "p2"], ["p3"]]
+
+
+def test_passages_join_paragraphs_of_one_document_in_order():
+    for split in rt.SPLITS:
+        paragraphs = [r for r in _records(split) if r["lang"] == "en"]
+        with open(REAL / f"{split}_en_passages.jsonl", encoding="utf-8") as f:
+            joined = [json.loads(line) for line in f]
+        assert rt.passages(paragraphs) == joined
+        assert "\n\n".join(p["text"] for p in paragraphs) == "\n\n".join(p["text"] for p in joined)
+        assert all(len(p["text"]) <= rt.PASSAGE_CHARS or "\n\n" not in p["text"] for p in joined)
