@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tokenizers import normalizers
 from transformers import AutoTokenizer
 
-from tokenkit import byteify, constants, families
+from tokenkit import byteify, constants, families, hub
 from tokenkit.byteify import ByteifyTokenizer, TokenizerSpec, load_byteify_tokenizer
 from tokenkit.families import Spelling
 
@@ -128,7 +128,7 @@ def test_missing_local_path_says_it_does_not_exist(name, monkeypatch):
 )
 def test_local_path_detection(name, local, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
-    assert byteify._looks_like_local_path(name) is local
+    assert hub.looks_like_local_path(name) is local
 
 
 def test_existing_relative_path_loads(specs, monkeypatch):

@@ -32,7 +32,6 @@ import copy
 import dataclasses
 import json
 import os
-import re
 import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -44,7 +43,7 @@ from absl import logging
 from tokenizers import decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from tokenkit import constants, families, gguf
+from tokenkit import constants, families, gguf, hub
 from tokenkit.families import Family, Spelling
 
 SPEC_KEYS: tuple[str, ...] = ("source", "target", "conversion")
@@ -171,36 +170,20 @@ class TokenizerSpec:
 
 # ------------------------------------------------------------------- HF loading
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
-
-
-def _looks_like_local_path(name: str) -> bool:
-    """Whether `name` can only be meant as a local path (so it must not go to the hub).
-
-    Hub ids are `name` or `org/name`. Anything starting like a path, with more than one
-    `/`, with characters a hub id cannot have, or whose first component is an existing
-    local directory (`data/missing` next to a `data/` folder) is a path.
-    """
-    if name.startswith((".", "/", "~")) or "\\" in name:
-        return True
-    if name.count("/") > 1 or not _HUB_ID.fullmatch(name):
-        return True
-    head, slash, _ = name.partition("/")
-    return bool(slash) and Path(head).is_dir()
-
-
 def load_hf_tokenizer(name: str) -> PreTrainedTokenizerFast:
-    """Loads a fast tokenizer from a local directory or the hub.
+    """Loads a fast tokenizer from a local directory, a `.gguf` file or the hub
+    (`org/name[@revision]`, see `tokenkit.hub`).
 
     Raises:
       FileNotFoundError: `name` is (or can only be) a local path and does not exist.
       TypeError: only a slow (Python) tokenizer is available.
     """
+    name, revision = hub.split_revision(name)
     path = Path(name).expanduser()
     if gguf.is_gguf_path(path):  # a llama.cpp file: converted once into a cached HF directory
         path = gguf.tokenizer_dir(path)
     if not path.exists():
-        if _looks_like_local_path(name):
+        if hub.looks_like_local_path(name):
             raise FileNotFoundError(
                 f"Tokenizer path {name!r} does not exist (resolved to {path.resolve()})"
             )
@@ -208,7 +191,7 @@ def load_hf_tokenizer(name: str) -> PreTrainedTokenizerFast:
     else:
         source = str(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     except OSError as e:
         where = "local path" if path.exists() else "Hugging Face hub id"
         raise OSError(f"Could not load a tokenizer from {where} {name!r}: {e}") from e

@@ -130,7 +130,7 @@ def test_hub_ids_are_downloaded_with_snapshot_download(hf_checkpoints, monkeypat
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
     config, params = load_pretrained("some-org/some-model", revision="main")
-    assert calls == [("some-org/some-model", "main", ("*.json", "*.safetensors"))]
+    assert calls == [("some-org/some-model", "main", ("*.json", "*.safetensors", "*.msgpack"))]
     assert config.architecture == "llama"
 
     def offline(*a, **k):

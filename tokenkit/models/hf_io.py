@@ -35,14 +35,13 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from tokenkit import gguf
+from tokenkit import gguf, hub
 from tokenkit.models import sharding as sharding_lib
 from tokenkit.models.config import ModelConfig, from_hf_dict, to_hf_dict
 from tokenkit.progress import Progress
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
 # --------------------------------------------------------------------------------------
@@ -246,6 +245,11 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike[str], revision: str
     not of the `org/name` form) and does not exist is an error; it is never sent to the hub.
     """
     text = os.fspath(path_or_hub_id)
+    text, pinned = hub.split_revision(text)
+    if pinned is not None:
+        if revision is not None and revision != pinned:
+            raise ValueError(f"{path_or_hub_id!r} names revision {pinned!r} but revision={revision!r} was given.")
+        revision = pinned
     local = Path(text).expanduser()
     if local.is_dir():
         return local
@@ -255,14 +259,16 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike[str], revision: str
         raise NotADirectoryError(
             f"Checkpoint path {text!r} is a file; expected a directory or a {gguf.GGUF_SUFFIX} file."
         )
-    if text.startswith((".", "/", "~")) or os.sep in text.replace("/", "", 1) or not _HUB_ID.match(text):
+    if hub.looks_like_local_path(text):
         raise FileNotFoundError(f"Checkpoint directory {text!r} does not exist.")
     from huggingface_hub import snapshot_download
 
     logging.info("Downloading %s from the Hugging Face hub.", text)
     try:
         return Path(
-            snapshot_download(text, revision=revision, allow_patterns=["*.json", "*.safetensors"])
+            # msgpack: the upstream tokenkit's Flax checkpoints (models.upstream_format).
+            snapshot_download(text, revision=revision,
+                              allow_patterns=["*.json", "*.safetensors", "*.msgpack"])
         )
     except Exception as e:  # hub errors come in many types; all mean "not found".
         raise FileNotFoundError(
