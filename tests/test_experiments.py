@@ -15,6 +15,8 @@ REAL_SCALE = {
     "llama3_to_qwen2_gpu.gin", "llama3_to_qwen2_tpu.gin", "llama3_to_byte_gpu.gin",
     "gemma2_distill_from_openmath2_llama_gpu.gin",
 }
+# On the real assets (tools/real_assets.py puts them into the user's cache).
+REAL_ASSETS = {"smollm2_to_qwen2.gin", "smollm2_to_bytes.gin"}
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +40,7 @@ def test_experiment_parses_and_binds(name):
     assert gin.query_parameter("build_run.student_tokenizer")
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPERIMENTS) - REAL_SCALE))
+@pytest.mark.parametrize("name", sorted(set(EXPERIMENTS) - REAL_SCALE - REAL_ASSETS))
 def test_tiny_world_experiments_use_local_files(name):
     entry.parse_gin([f"experiments/{name}"], finalize=False)
     for key in ("build_run.student_model", "build_run.target_tokenizer",
@@ -86,3 +88,13 @@ def test_embedded_default_runs_end_to_end(tmp_path):
     assert (workdir / "export" / "model.safetensors").is_file()
     assert (workdir / "operative_config.gin").is_file()
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+
+
+@pytest.mark.parametrize("name", sorted(REAL_ASSETS))
+def test_real_asset_experiments_name_the_cache_and_repo_data(name):
+    entry.parse_gin([f"experiments/{name}"], finalize=False)
+    assert gin.query_parameter("build_run.student_model").startswith("~/.cache/tokenkit/real_assets/")
+    assert gin.query_parameter("build_run.student_tokenizer").endswith(":source=auto")
+    for scope in ("prose", "eval_prose"):
+        for path in gin.query_parameter(f"{scope}/make_source.paths"):
+            assert (REPO / path).exists(), path

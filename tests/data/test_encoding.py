@@ -110,3 +110,11 @@ def test_stream_encoder_is_the_unpadded_encoding(tokenizer):
     n = int(padded.attention_mask.sum())
     assert out["input_ids"].tolist() == padded.input_ids[:n].tolist()
     assert out["loss_mask"].tolist() == padded.loss_mask[:n].tolist()
+
+
+def test_assistant_mask_trains_plain_texts_whole(tokenizer):
+    """Prose mixed into chat data: a `text` record has no roles, so every token trains."""
+    encoder = SideEncoder(tokenizer, max_length=32, loss_mask_mode="assistant")
+    out = encoder({"text": "Plain prose."})
+    n = int(out.attention_mask.sum())
+    assert n > 2 and out.loss_mask[:n].all() and not out.loss_mask[n:].any()

@@ -8,7 +8,8 @@ a `truncated` flag so that the trainer can count (and log) what `max_length` cut
 
 Loss masks say which positions a loss trains on:
 - `None`: every real token;
-- `assistant`: only the content (and end-of-turn) of assistant messages, for chat data;
+- `assistant`: only the content (and end-of-turn) of assistant messages of chat records;
+  a plain `text` record (e.g. prose mixed into chat data) trains on every token;
 - `dolly`, `openmath2`: everything after the corpus-specific response marker (as
   upstream), for texts that carry their prompt inline.
 """
@@ -105,8 +106,6 @@ class SideEncoder:
             )
         else:
             raise ValueError(f"Record has neither 'text' nor 'messages': keys {sorted(record)}.")
-        if self.loss_mask_mode == "assistant" and "messages" not in record:
-            raise ValueError("loss_mask_mode='assistant' needs chat records with 'messages'.")
         if self._marker is not None:
             start = _find(ids, self._marker)
             mask = [m and i >= start for i, m in enumerate(mask)]
