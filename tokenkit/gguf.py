@@ -89,7 +89,8 @@ def _require_readers() -> None:
     if missing:
         raise ImportError(
             f"Reading GGUF files needs {' and '.join(missing)} (not installed): "
-            "pip install gguf torch (the CPU build of torch is enough)."
+            "pip install 'tokenkit[gguf]' (gguf, accelerate, torch; the CPU build of torch "
+            "is enough)."
         )
 
 
