@@ -157,3 +157,22 @@ def test_return_logits_false_skips_the_head():
     out = _apply(Transformer(LLAMA), params, ids, mask, return_logits=False,
                                    output_hidden_states=True)
     assert out.logits is None and out.hidden_states.shape == (3, 3, 9, 32)
+
+
+def test_qkv_are_the_raw_projections_of_each_layer():
+    params = _scaled_params(LLAMA)
+    ids, mask = _batch(LLAMA)
+    model = Transformer(LLAMA)
+    out = model.apply({"params": params}, ids, mask, output_qkv=True, output_hidden_states=True)
+    q, k, v = out.qkv
+    n, b, t = LLAMA.num_layers, ids.shape[0], ids.shape[1]
+    assert q.shape == (n, b, t, LLAMA.num_heads * LLAMA.head_dim)
+    assert k.shape == v.shape == (n, b, t, LLAMA.num_kv_heads * LLAMA.head_dim)
+    # Layer 1's query: its attention norm of layer 0's output, times its query kernel.
+    layer = jax.tree.map(lambda x: x[1], params["layers"])
+    h = out.hidden_states[1].astype(jnp.float32)
+    normed = h * jax.lax.rsqrt(jnp.mean(h * h, -1, keepdims=True) + LLAMA.rms_norm_eps)
+    normed = normed * layer["attn_norm"]["scale"]
+    want = jnp.einsum("btd,dhk->bthk", normed, layer["attention"]["query"]["kernel"])
+    np.testing.assert_allclose(q[1], want.reshape(b, t, -1), rtol=1e-4, atol=1e-4)
+    assert model.apply({"params": params}, ids, mask).qkv is None

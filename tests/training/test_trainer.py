@@ -356,3 +356,15 @@ def test_mfu_is_logged_with_a_device_peak(tiny_model, tmp_path):
     trainer.train(tmp_path / "run")
     records = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
     assert all(0 < r["mfu"] < 1 for r in records)
+
+
+def test_latents_with_queries_keys_and_values(tiny_model, tmp_path):
+    """alm_latents with `+qkv`: the models return each layer's q/k/v projections."""
+    _configure(tiny_model, "train.steps = 2", "train.losses = ['sft', 'alm_latents']",
+               f"build_run.target_tokenizer = '{GEMMA2}'",
+               "LatentsOptions.latents_to_align = 'last_hidden_state+qkv'",
+               "train.export = False")
+    trainer.train(tmp_path / "qkv")
+    last = [r for r in read_metrics(tmp_path / "qkv") if r["split"] == "train"][-1]
+    assert last["alm_latents/attention_latent_loss"] > 0
+    assert last["alm_latents/hidden_state_latent_loss"] > 0

@@ -58,6 +58,7 @@ class Forward:
         expansion: Expansion | None = None,
         expanded_input_ids: Array | None = None,
         output_hidden_states: bool = False,
+        output_qkv: bool = False,
         return_logits: bool = True,
     ) -> TransformerOutput:
         """The model's outputs; logits float32 `[B, T, V]` with padded rows masked.
@@ -81,6 +82,7 @@ class Forward:
             cache=cache,
             expanded_input_ids=expanded_input_ids,
             output_hidden_states=output_hidden_states,
+            output_qkv=output_qkv,
             return_logits=return_logits,
         )
         if out.logits is None:

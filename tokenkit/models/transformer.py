@@ -50,6 +50,10 @@ Conventions of a forward pass:
 - `output_hidden_states` returns `[L + 1, B, T, D]`, as HF's `output_hidden_states`: the
   embedding output, the output of layers 0..L-2, and the final-normed output of the last
   layer (HF replaces the last entry by the normed one; so do we);
+- `output_qkv` returns each layer's query, key and value projections as the upstream
+  tokenkit's models did for `alm_latents` with `qkv`: the linear projections of the
+  normed input, before any q/k norm and RoPE, heads flattened: `[L, B, T, H * hd]`
+  (queries) and `[L, B, T, K * hd]` (keys, values);
 - a `KVCache` of fixed length holds, for each row, tokens at slots equal to their
   positions; `lengths[b]` counts the tokens of row b already in the cache. A call with a
   cache writes the real tokens of `input_ids` after them, so prompts of different lengths
@@ -113,6 +117,7 @@ class TransformerOutput:
     logits: Array | None
     hidden_states: Array | None  # [L + 1, B, T, D]
     cache: KVCache | None
+    qkv: tuple[Array, Array, Array] | None = None  # ([L, B, T, H*hd], [L, B, T, K*hd] x 2)
 
 
 def init_cache(
@@ -298,6 +303,7 @@ class Attention(nn.Module):
         q = Projection((d,), (h, hd), ("embed",), ("heads", "head_dim"), c.qkv_bias, name="query", **proj)(x)
         key = Projection((d,), (k, hd), ("embed",), ("kv_heads", "head_dim"), c.qkv_bias, name="key", **proj)(x)
         value = Projection((d,), (k, hd), ("embed",), ("kv_heads", "head_dim"), c.qkv_bias, name="value", **proj)(x)
+        raw = tuple(t.reshape(t.shape[:2] + (-1,)) for t in (q, key, value))
         if c.qk_norm:
             norm = dict(eps=c.rms_norm_eps, offset=c.norm_offset, dtype=self.dtype,
                         param_dtype=self.param_dtype, axis_name="head_dim")
@@ -335,7 +341,7 @@ class Attention(nn.Module):
                 implementation=self.attention_impl,
             )
         y = Projection((h, hd), (d,), ("heads", "head_dim"), ("embed",), c.out_bias, name="out", **proj)(out)
-        return y, new_cache
+        return y, new_cache, raw
 
 
 class MLP(nn.Module):
@@ -376,6 +382,7 @@ class DecoderLayer(nn.Module):
     lora_alpha: float | None
     attention_impl: str
     output_hidden_states: bool
+    output_qkv: bool = False
 
     @nn.compact
     def __call__(self, x: Array, per_layer: dict, shared: dict) -> tuple[Array, tuple]:
@@ -383,7 +390,7 @@ class DecoderLayer(nn.Module):
         norm = functools.partial(_norm, c, dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         h = norm("attn_norm")(x)
-        h, new_cache = Attention(
+        h, new_cache, qkv = Attention(
             c, self.dtype, self.param_dtype, self.lora_alpha, self.attention_impl, name="attention"
         )(h, per_layer, shared, per_layer.get("cache"))
         if c.sandwich_norms:
@@ -394,7 +401,8 @@ class DecoderLayer(nn.Module):
         if c.sandwich_norms:
             h = norm("post_mlp_norm")(h)
         x = (x + h).astype(self.dtype)
-        return x, (x if self.output_hidden_states else None, new_cache)
+        return x, (x if self.output_hidden_states else None, new_cache,
+                   qkv if self.output_qkv else None)
 
 
 class Transformer(nn.Module):
@@ -430,6 +438,7 @@ class Transformer(nn.Module):
         inputs_embeds: Array | None = None,
         cache: KVCache | None = None,
         output_hidden_states: bool = False,
+        output_qkv: bool = False,
         return_logits: bool = True,
     ) -> TransformerOutput:
         """Runs the model on `input_ids` `[B, T]` (right-padded; `attention_mask` 1 = real).
@@ -519,10 +528,10 @@ class Transformer(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(
             c, self.dtype, self.param_dtype, self.lora_alpha, self.attention_impl,
-            output_hidden_states, name="layers",
+            output_hidden_states, output_qkv, name="layers",
         )
         embedded = x
-        x, (layer_outputs, new_kv) = stack(x, per_layer, shared)
+        x, (layer_outputs, new_kv, qkv) = stack(x, per_layer, shared)
         x = _norm(c, "final_norm", self.dtype, self.param_dtype)(x)
 
         hidden_states = None
@@ -550,7 +559,8 @@ class Transformer(nn.Module):
         new_cache = None
         if cache is not None:
             new_cache = KVCache(key=new_kv[0], value=new_kv[1], lengths=row_lengths)
-        return TransformerOutput(logits=logits, hidden_states=hidden_states, cache=new_cache)
+        return TransformerOutput(logits=logits, hidden_states=hidden_states, cache=new_cache,
+                                 qkv=qkv)
 
 
 

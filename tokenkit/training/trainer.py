@@ -66,17 +66,22 @@ def make_loss_fn(run: setup_lib.RunSetup):
     """`loss_fn(trainable, frozen, micro_batch, global_batch) -> (losses [n], metrics)`."""
     losses = run.losses
     needs_hidden = any(l.needs_hidden_states for l in losses)
+    needs_qkv = any(l.needs_attentions for l in losses)
     needs_embeddings = any(l.needs_output_embeddings for l in losses)
     mined = None if run.mined_mapping is None else jnp.asarray(run.mined_mapping)
 
     def outputs(side, params, lora, side_batch):
         out = side.forward(
             params, side_batch.input_ids, side_batch.attention_mask, lora=lora,
-            expansion=side.expansion, output_hidden_states=needs_hidden,
+            expansion=side.expansion, output_hidden_states=needs_hidden, output_qkv=needs_qkv,
         )
+        attentions = None
+        if out.qkv is not None:  # per layer: (queries, keys, values)
+            attentions = tuple(zip(*(tuple(x) for x in out.qkv)))
         return losses_lib.ModelOutputs(
             logits=out.logits,
             hidden_states=None if out.hidden_states is None else tuple(out.hidden_states),
+            attentions=attentions,
             output_embeddings=side.output_embeddings(params) if needs_embeddings else None,
         )
 
