@@ -8,8 +8,8 @@ setup (the student of a transfer run) do to a model:
    past it are padding; a matrix with fewer rows than the tokenizer gets random rows,
    logged);
 2. new rows for the target vocabulary are initialised (`init`: FVT, `models.fvt`, or a
-   trained embedding hypernetwork, `models.hypernet`) for the input and, for untied
-   models, the output embeddings;
+   trained embedding hypernetwork, `models.hypernet`, or orthogonal matching pursuit,
+   `models.omp`) for the input and, for untied models, the output embeddings;
 3. the vocabulary is replaced (`surgery.replace_vocabulary`: padded to a multiple,
    tied or untied);
 4. the config's special-token ids become the target tokenizer's (`with_special_tokens`),
@@ -34,11 +34,12 @@ from tokenkit.byteify import ByteifyTokenizer
 from tokenkit.models import expand as expand_lib
 from tokenkit.models import fvt as fvt_lib
 from tokenkit.models import hypernet as hypernet_lib
+from tokenkit.models import omp as omp_lib
 from tokenkit.models.config import ModelConfig
 from tokenkit.models.side import stop_token_ids
 from tokenkit.models.surgery import OUTPUT_EMBEDDING_MODES, embedding_matrices, replace_vocabulary
 
-INIT_METHODS = ("fvt", "hypernet")
+INIT_METHODS = ("fvt", "hypernet", "omp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +168,11 @@ def transfer(
                 result = hypernet_lib.transfer_embeddings(
                     hypernet, source_tokenizer, target_tokenizer, inputs, outputs,
                     slot_tokens=slot_tokens,
+                )
+            elif init == "omp":  # options (k, donor model) bound to omp.OmpOptions
+                result = omp_lib.transfer_embeddings(
+                    source_tokenizer, target_tokenizer, inputs, outputs, seed=seed,
+                    allow_exact_match=allow_exact_match, slot_tokens=slot_tokens,
                 )
             else:
                 result = fvt_lib.fvt(
