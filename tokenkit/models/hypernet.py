@@ -84,6 +84,9 @@ class HypernetConfig:
     multiply_hidden_dim_by_num_embeddings: the shared network's width is `n * D`;
       False projects the `n * D` inputs to `D` first.
     hidden_expansion_factor: the MLP's width as a multiple of the network's.
+    hidden_size: the network's width, when it should differ from the above (the inputs
+      are projected to it; None: `n * D` or `D`). Not an upstream option: small models
+      on small machines train a narrower network faster.
     initializer_range: std of the normal initialisation of kernels.
     layer_norm_eps: epsilon of the post-attention / post-MLP LayerNorms.
     """
@@ -100,6 +103,7 @@ class HypernetConfig:
     shared: bool = True
     multiply_hidden_dim_by_num_embeddings: bool = True
     hidden_expansion_factor: int = 2
+    hidden_size: int | None = None
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-6
 
@@ -113,6 +117,8 @@ class HypernetConfig:
                 raise ValueError(f"Unknown hypernet {name} {value!r}; valid: {', '.join(valid)}.")
         if self.architecture == "transformer" and self.num_layers < 1:
             raise ValueError(f"A transformer hypernet needs num_layers >= 1, got {self.num_layers}.")
+        if self.hidden_size is not None and self.hidden_size < 1:
+            raise ValueError(f"hidden_size must be positive (or None), got {self.hidden_size}.")
         if self.num_heads < 1 or self.hidden_expansion_factor < 1:
             raise ValueError(
                 f"num_heads ({self.num_heads}) and hidden_expansion_factor "
@@ -287,6 +293,7 @@ class Hypernet(nn.Module):
         x = ((embeddings.astype(jnp.float32) - shift) * scale).astype(self.dtype)
         v, s = x.shape[:2]
         width = n * d if c.multiply_hidden_dim_by_num_embeddings else d
+        width = c.hidden_size or width
         if c.shared:
             y = _Network(c, width, n * d, self.max_parts, self.dtype, name="network")(
                 x.reshape(v, s, n * d), mask
@@ -297,13 +304,27 @@ class Hypernet(nn.Module):
                 _Network, in_axes=(2, None), out_axes=1, variable_axes={"params": 0},
                 split_rngs={"params": True}, metadata_params={nn.PARTITION_NAME: None},
             )
-            y = networks(c, d, d, self.max_parts, self.dtype, name="networks")(x, mask)
+            y = networks(c, c.hidden_size or d, d, self.max_parts, self.dtype, name="networks")(x, mask)
         y = y.reshape(v, n, d).astype(jnp.float32)
         if c.residual:
             pred = base + (c.residual_alpha / math.sqrt(d)) * y / scale
         else:
             pred = y / scale + shift
         return nn.with_logical_constraint(pred, ("vocab", None, None))
+
+
+def predict_rows(module: Hypernet, params: Any, model_params: Mapping[str, Any], tied: bool) -> dict:
+    """`model_params` with each embedding row replaced by the hypernetwork's prediction
+    from that row alone (a one-part decomposition: the distillation use, where the
+    student's embeddings are the predictions; jittable). The rows keep their dtype."""
+    inputs = model_params["embedder"]["embedding"]
+    outputs = None if tied else model_params["lm_head"]["kernel"].T
+    rows = stack_embeddings(inputs, outputs)
+    pred = module.apply({"params": params}, rows[:, None], jnp.ones((rows.shape[0], 1), bool))
+    out = {**model_params, "embedder": {**model_params["embedder"], "embedding": pred[:, 0].astype(inputs.dtype)}}
+    if not tied:
+        out["lm_head"] = {**model_params["lm_head"], "kernel": pred[:, 1].T.astype(outputs.dtype)}
+    return out
 
 
 # ----------------------------------------------------------------------- parameters
@@ -336,7 +357,7 @@ def init_params(
     params = nn.unbox(module.init(jax.random.key(seed), dummy, jnp.ones((1, s), bool))["params"])
     rows = np.asarray(jax.device_get(source_embeddings), np.float32)[:num_source_tokens]
     width = n * d if module.config.multiply_hidden_dim_by_num_embeddings else d
-    shift, scale = rescaler(rows, width)
+    shift, scale = rescaler(rows, module.config.hidden_size or width)
     params = jax.tree.map(np.asarray, params)
     params[RESCALER + "_shift"], params[RESCALER + "_scale"] = shift, scale
     return params
