@@ -1,4 +1,5 @@
-"""`python -m tokenkit.zett`: zero-shot tokenizer transfer of a model by FVT.
+"""`python -m tokenkit.zett`: zero-shot tokenizer transfer of a model by FVT (or by a
+trained embedding hypernetwork, `zett.hypernet`).
 
     python -m tokenkit.zett --gin_file=gin/zett/tiny_llama3_to_gemma2.gin --workdir=out/zett
     python -m tokenkit.zett \
@@ -8,8 +9,10 @@
         --workdir=out/llama3_to_gemma2
 
 Loads an HF-format model, initialises embeddings for `target_tokenizer` with FVT
-(`tokenkit.models.fvt`), replaces the vocabulary (padded to `pad_to_multiple_of`,
-`output_embeddings_mode`), and writes an HF-format directory that
+(`tokenkit.models.fvt`) or, with `zett.hypernet = 'DIR'` (a directory written by
+`python -m tokenkit.train_zett_hn`, `WORKDIR/hypernet`), with the hypernetwork's
+predictions (`tokenkit.models.hypernet`), replaces the vocabulary (padded to
+`pad_to_multiple_of`, `output_embeddings_mode`), and writes an HF-format directory that
 `transformers.AutoModelForCausalLM` and `tokenkit.models.load_pretrained` load: the
 model, the target tokenizer, `fvt_stats.json`, and `tokenizer_spec.txt` holding the
 spec to load the saved tokenizer with (the target spec with NAME replaced by the
@@ -32,6 +35,7 @@ from absl import logging
 from tokenkit import entry
 from tokenkit.byteify import BYTE_CONVERSIONS, TokenizerSpec, load_byteify_tokenizer
 from tokenkit.models import hf_io, load_config, load_pretrained, save_pretrained
+from tokenkit.models import hypernet as hypernet_lib
 from tokenkit.models import transfer as transfer_lib
 
 SPEC_FILE = "tokenizer_spec.txt"
@@ -59,6 +63,7 @@ def zett(
     pad_to_multiple_of: int = 64,
     seed: int = 0,
     init: str = "fvt",
+    hypernet: str | None = None,
     allow_exact_match: bool = True,
     slot_tokens: str = "special",
     save_dtype: str | None = None,
@@ -74,7 +79,9 @@ def zett(
       output_embeddings_mode: "preserve" the model's tied-ness or "untie".
       pad_to_multiple_of: the new vocabulary is zero-padded to a multiple of this.
       seed: seed of FVT's random fallback rows.
-      init: how the new embedding rows start (`transfer.INIT_METHODS`).
+      init: how the new embedding rows start (`transfer.INIT_METHODS`); `hypernet` when
+        `hypernet` is set.
+      hypernet: directory of a trained embedding hypernetwork (`TrainedHypernet.save`).
       allow_exact_match, slot_tokens: see `tokenkit.models.fvt.fvt_mapping`.
       save_dtype: dtype of the written tensors (e.g. "bfloat16"); None keeps the model's.
 
@@ -85,6 +92,13 @@ def zett(
     if out is None:
         raise ValueError("zett needs an output directory: pass --workdir or set zett.output_dir.")
     transfer_lib.check_options(init, output_embeddings_mode, slot_tokens)
+    trained = None
+    if hypernet is not None:
+        if init not in ("fvt", "hypernet"):
+            raise ValueError(f"zett.hypernet is set and zett.init is {init!r}; use one of the two.")
+        init, trained = "hypernet", hypernet_lib.TrainedHypernet.load(hypernet)
+    elif init == "hypernet":
+        raise ValueError("zett.init = 'hypernet' needs zett.hypernet = 'DIR' (a trained hypernetwork).")
 
     # Everything cheap is checked before the weights are read.
     source_tok = load_byteify_tokenizer(tokenizer)
@@ -99,7 +113,7 @@ def zett(
     config, params = load_pretrained(model, dtype=None)
     logging.info("Loaded %s (%s, vocab %d).", model, config.architecture, config.vocab_size)
     result = transfer_lib.transfer(
-        config, params, source_tok, target_tok, init=init,
+        config, params, source_tok, target_tok, init=init, hypernet=trained,
         output_embeddings_mode=output_embeddings_mode, pad_to_multiple_of=pad_to_multiple_of,
         seed=seed, allow_exact_match=allow_exact_match, slot_tokens=slot_tokens,
     )
@@ -117,7 +131,7 @@ def zett(
         (out / SPEC_FILE).write_text(spec + "\n")
         record = {"source": str(source_tok.spec), "target": str(target_tok.spec), **summary}
         (out / STATS_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        print(f"FVT {tokenizer} -> {target_tokenizer}: {result.stats}")
+        print(f"{'Hypernetwork' if trained else 'FVT'} {tokenizer} -> {target_tokenizer}: {result.stats}")
         print(
             f"Wrote {out} (vocabulary {len(target_tok)} tokens, padded to {new_config.vocab_size}); "
             f"load its tokenizer with the spec {spec!r} (also in {SPEC_FILE})."

@@ -37,6 +37,7 @@ from tokenkit.data.pairs import TokenizerPair
 from tokenkit.models import (
     LoraConfig,
     ModelConfig,
+    embedding_matrices,
     from_hf_dict,
     init_lora,
     init_params,
@@ -45,6 +46,7 @@ from tokenkit.models import (
     param_shardings,
     trainable_mask,
 )
+from tokenkit.models import hypernet as hypernet_lib
 from tokenkit.models import transfer as transfer_lib
 from tokenkit.models.fvt import FvtStats
 from tokenkit.models.lora import TRAIN_MODES, lora_logical_axes
@@ -94,7 +96,9 @@ class RunSetup:
     trainable = {"student": ..., "lora": ..., "loss": ...} (each may be empty)
     frozen    = {"student": ..., "teacher": ...}
     `teacher_shares_student` means the teacher's parameters are the student's frozen
-    ones with `frozen["teacher"]` (its embeddings) laid over them.
+    ones with `frozen["teacher"]` (its embeddings) laid over them. With a `hypernet`,
+    trainable["hypernet"] / frozen["hypernet"] hold its parameters (the rescaler frozen)
+    and the student's embeddings are its predictions from the student's own rows.
     """
 
     student: ModelSide
@@ -112,10 +116,17 @@ class RunSetup:
     transfer_stats: FvtStats | None
     rules: tuple[tuple[str, Any], ...]
     pair_data: TokenizerPairData | None
+    hypernet: hypernet_lib.Hypernet | None = None
 
     def student_params(self, trainable: Mapping, frozen: Mapping) -> dict:
-        """The student's full parameter tree (without LoRA adapters)."""
-        return params_lib.merge(trainable.get("student", {}), frozen.get("student", {}))
+        """The student's full parameter tree (without LoRA adapters; embeddings predicted
+        by the hypernetwork when there is one)."""
+        params = params_lib.merge(trainable.get("student", {}), frozen.get("student", {}))
+        if self.hypernet is not None:
+            hn = params_lib.merge(trainable["hypernet"], frozen["hypernet"])
+            params = hypernet_lib.predict_rows(self.hypernet, hn, params,
+                                               self.student.config.tie_word_embeddings)
+        return params
 
     def teacher_params(self, trainable: Mapping, frozen: Mapping) -> dict:
         del trainable  # the teacher never trains
@@ -232,6 +243,7 @@ def build_run(
     dtype: str = "bfloat16",
     remat_policy: str = "none",
     attention_impl: str = "einsum",
+    hypernet: hypernet_lib.HypernetConfig | None = None,
 ) -> RunSetup:
     """Loads (or initialises) the models and builds the parameter trees of a run.
 
@@ -254,6 +266,10 @@ def build_run(
       dtype: compute dtype (and storage dtype of frozen weights); trainable weights are
         fp32 masters.
       remat_policy, attention_impl: see `models.transformer.Transformer`.
+      hypernet: an embedding hypernetwork (`build_run.hypernet = @HypernetConfig()`, e.g.
+        gin/hypernet/distill.gin): the student's embeddings are its predictions from the
+        student's own (transferred) rows, trained through it; `train_embeddings` then says
+        whether the rows themselves train too (the upstream's semantics).
     """
     if train_model_mode not in TRAIN_MODES:
         raise ValueError(f"Unknown train_model_mode {train_model_mode!r}; valid: {', '.join(TRAIN_MODES)}.")
@@ -332,6 +348,23 @@ def build_run(
         trainable, frozen, mask, student=config, teacher=teacher_config, student_params=params,
         teacher_shares_student=shares, mesh=mesh, rules=rules,
     )
+    module = None
+    if hypernet is not None:
+        inputs, outputs = embedding_matrices(config, params)
+        module = hypernet_lib.Hypernet(hypernet, config.hidden_size, 1 if outputs is None else 2, 1,
+                                       compute_dtype)
+        hn = hypernet_lib.init_params(module, hypernet_lib.stack_embeddings(inputs, outputs), seed,
+                                      num_source_tokens=len(target))
+        hn_sh = hypernet_lib.param_shardings(module, hn, mesh, rules)
+        for tree, tree_sh, part, part_sh in zip(
+            (trainable, frozen), (trainable_sh, frozen_sh),
+            params_lib.partition(hn, hypernet_lib.is_trainable),
+            params_lib.partition(hn_sh, hypernet_lib.is_trainable),
+        ):
+            tree["hypernet"] = jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), part)
+            tree_sh["hypernet"] = part_sh
+        logging.info("Hypernetwork over the student's embeddings: %s trainable parameters (%s).",
+                     f"{params_lib.count(trainable['hypernet']):,}", hypernet.architecture)
 
     # --- sides ------------------------------------------------------------------------
     module_options = dict(dtype=dtype, remat_policy=remat_policy, attention_impl=attention_impl)
@@ -371,4 +404,5 @@ def build_run(
         transfer_stats=moved.stats,
         rules=rules,
         pair_data=pair_data,
+        hypernet=module,
     )
