@@ -1,5 +1,6 @@
-"""`python -m tokenkit.zett`: zero-shot tokenizer transfer of a model by FVT (or by a
-trained embedding hypernetwork, `zett.hypernet`).
+"""`python -m tokenkit.zett`: zero-shot tokenizer transfer of a model by FVT (or by
+orthogonal matching pursuit, `zett.init = 'omp'`, or by a trained embedding hypernetwork,
+`zett.hypernet`).
 
     python -m tokenkit.zett --gin_file=gin/zett/tiny_llama3_to_gemma2.gin --workdir=out/zett
     python -m tokenkit.zett \
@@ -8,16 +9,19 @@ trained embedding hypernetwork, `zett.hypernet`).
         --gin_param='zett.target_tokenizer="google/gemma-2-2b-it:source=Gemma2"' \
         --workdir=out/llama3_to_gemma2
 
-Loads an HF-format model, initialises embeddings for `target_tokenizer` with FVT
-(`tokenkit.models.fvt`) or, with `zett.hypernet = 'DIR'` (a directory written by
-`python -m tokenkit.train_zett_hn`, `WORKDIR/hypernet`), with the hypernetwork's
-predictions (`tokenkit.models.hypernet`), replaces the vocabulary (padded to
-`pad_to_multiple_of`, `output_embeddings_mode`), and writes an HF-format directory that
-`transformers.AutoModelForCausalLM` and `tokenkit.models.load_pretrained` load: the
-model, the target tokenizer, `fvt_stats.json`, and `tokenizer_spec.txt` holding the
-spec to load the saved tokenizer with (the target spec with NAME replaced by the
-directory; `conversion=byte` and `pure_byte` become `conversion=prebyteified`, since the
-saved byte-level tokenizer's pieces already are byte-level strings).
+Loads an HF-format model, initialises embeddings for `target_tokenizer` (plus
+`tokens_to_add`) with FVT (`tokenkit.models.fvt`), OMP (`tokenkit.models.omp`) or, with
+`zett.hypernet = 'DIR'` (a directory written by `python -m tokenkit.train_zett_hn`,
+`WORKDIR/hypernet`), the hypernetwork's predictions (`tokenkit.models.hypernet`),
+replaces the vocabulary (padded to `pad_to_multiple_of`, `output_embeddings_mode`), and
+writes an HF-format directory that `transformers.AutoModelForCausalLM` and
+`tokenkit.models.load_pretrained` load: the model, the target tokenizer (with the added
+tokens), `transfer_stats.json` (the init method and how each row was made; directories
+written before it was named so hold `fvt_stats.json`, which `read_stats` also reads), and
+`tokenizer_spec.txt` holding the spec to load the saved tokenizer with (the target spec
+with NAME replaced by the directory; `conversion=byte` and `pure_byte` become
+`conversion=prebyteified`, since the saved byte-level tokenizer's pieces already are
+byte-level strings).
 
 The output directory is `zett.output_dir` if set, else `--workdir`.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,23 @@ from tokenkit.models import hypernet as hypernet_lib
 from tokenkit.models import transfer as transfer_lib
 
 SPEC_FILE = "tokenizer_spec.txt"
-STATS_FILE = "fvt_stats.json"
+STATS_FILE = "transfer_stats.json"
+LEGACY_STATS_FILE = "fvt_stats.json"  # the name before OMP and hypernetworks
+# How each init method is named in what zett prints.
+INIT_LABELS = {"fvt": "FVT", "omp": "OMP", "hypernet": "Hypernetwork"}
+
+
+def read_stats(directory: str | Path) -> dict[str, Any]:
+    """The transfer record `zett` wrote into `directory` (`transfer_stats.json`, or the
+    older `fvt_stats.json`, whose init was always FVT)."""
+    directory = Path(directory)
+    path = directory / STATS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    legacy = directory / LEGACY_STATS_FILE
+    if legacy.is_file():
+        return {"init": "fvt", **json.loads(legacy.read_text())}
+    raise FileNotFoundError(f"{directory} holds neither {STATS_FILE} nor {LEGACY_STATS_FILE}.")
 
 
 def saved_tokenizer_spec(spec: str | TokenizerSpec, directory: str | Path) -> str:
@@ -67,6 +88,7 @@ def zett(
     allow_exact_match: bool = True,
     slot_tokens: str = "special",
     save_dtype: str | None = None,
+    tokens_to_add: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Transfers `model` (with `tokenizer`) to `target_tokenizer`; returns a summary.
 
@@ -84,9 +106,11 @@ def zett(
       hypernet: directory of a trained embedding hypernetwork (`TrainedHypernet.save`).
       allow_exact_match, slot_tokens: see `tokenkit.models.fvt.fvt_mapping`.
       save_dtype: dtype of the written tensors (e.g. "bfloat16"); None keeps the model's.
+      tokens_to_add: tokens added to the target tokenizer (raw text, regular tokens;
+        `models.transfer.add_tokens`); the saved tokenizer holds them.
 
     Returns:
-      `{"output_dir", "tokenizer_spec", "stats", "vocab_size"}`.
+      `{"output_dir", "tokenizer_spec", "init", "stats", "vocab_size"}`.
     """
     out = Path(output_dir) if output_dir else workdir
     if out is None:
@@ -103,6 +127,8 @@ def zett(
     # Everything cheap is checked before the weights are read.
     source_tok = load_byteify_tokenizer(tokenizer)
     target_tok = load_byteify_tokenizer(target_tokenizer)
+    if tokens_to_add:
+        target_tok = transfer_lib.add_tokens(target_tok, tokens_to_add)
     config = load_config(hf_io.resolve_checkpoint_dir(model))
     if len(source_tok) > config.vocab_size:
         raise ValueError(
@@ -124,6 +150,7 @@ def zett(
     summary = {
         "output_dir": str(out),
         "tokenizer_spec": spec,
+        "init": init,
         "stats": stats,
         "vocab_size": new_config.vocab_size,
     }
@@ -131,7 +158,8 @@ def zett(
         (out / SPEC_FILE).write_text(spec + "\n")
         record = {"source": str(source_tok.spec), "target": str(target_tok.spec), **summary}
         (out / STATS_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        print(f"{'Hypernetwork' if trained else 'FVT'} {tokenizer} -> {target_tokenizer}: {result.stats}")
+        added = f" (+{len(tokens_to_add)} added tokens)" if tokens_to_add else ""
+        print(f"{INIT_LABELS[init]} {tokenizer} -> {target_tokenizer}{added}: {result.stats}")
         print(
             f"Wrote {out} (vocabulary {len(target_tok)} tokens, padded to {new_config.vocab_size}); "
             f"load its tokenizer with the spec {spec!r} (also in {SPEC_FILE})."

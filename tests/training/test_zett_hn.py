@@ -163,7 +163,8 @@ def test_a_short_run_trains_exports_and_transfers(tmp_path):
     got = np.asarray(written["embedder"]["embedding"])
     np.testing.assert_allclose(got, np.asarray(by_hn.params["embedder"]["embedding"]), atol=1e-6)
     assert np.abs(got - np.asarray(by_fvt.params["embedder"]["embedding"])).max() > 1e-4
-    assert json.loads((out / "fvt_stats.json").read_text())["stats"]["special"] == 5
+    record = zett.read_stats(out)
+    assert record["init"] == "hypernet" and record["stats"]["special"] == 5
 
     # Resuming continues from the last checkpoint.
     gin.clear_config()

@@ -19,11 +19,20 @@ setup (the student of a transfer run) do to a model:
 
 With the same tokenizer on both sides, steps 2-3 are skipped unless the vocabulary must
 be untied or grown; step 4 always applies.
+
+`add_tokens(tokenizer, tokens)` is the upstream's `tokens_to_add`: a copy of a target
+tokenizer with more (regular) tokens. A target that *extends* the source (every source
+id spelled the same, new ids after them) keeps each source row by id and initialises only
+the new ids, so a model moved to its own tokenizer plus a few tokens is unchanged on the
+old ones (even where two ids spell the same bytes, as SentencePiece byte-fallback
+pieces do).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -100,6 +109,43 @@ def fit_rows(matrix: np.ndarray, n: int, seed: int, what: str) -> np.ndarray:
     return np.concatenate([matrix, extra.astype(matrix.dtype)])
 
 
+def add_tokens(tokenizer: ByteifyTokenizer, tokens: Sequence[str]) -> ByteifyTokenizer:
+    """A copy of `tokenizer` with `tokens` added after its vocabulary (the upstream's
+    `tokens_to_add`).
+
+    Tokens are raw text, as in Hugging Face's `add_tokens`, and are added as regular
+    (not special) tokens, as the upstream does: text containing one is encoded with it,
+    and alignment treats it as text. Tokens the tokenizer already has keep their ids
+    (logged). The original tokenizer is not modified (a run's teacher may share it).
+
+    Raises:
+      ValueError: `tokens` is a string rather than a list, or holds an empty or
+        non-string entry.
+    """
+    if isinstance(tokens, str):
+        raise ValueError(f"tokens_to_add must be a list of tokens, got the string {tokens!r}.")
+    bad = [t for t in tokens if not isinstance(t, str) or not t]
+    if bad:
+        raise ValueError(f"tokens_to_add holds entries that are not non-empty strings: {bad!r}.")
+    extended = copy.deepcopy(tokenizer)
+    added = extended.add_tokens(list(tokens))
+    logging.info(
+        "Added %d token(s) to %s (%d were already in its vocabulary): %s; size %d -> %d.",
+        added, tokenizer.spec, len(tokens) - added, list(tokens), len(tokenizer), len(extended),
+    )
+    return extended
+
+
+def extended_prefix(source: ByteifyTokenizer, target: ByteifyTokenizer) -> int:
+    """`len(source)` when `target` extends `source` (more ids, the first `len(source)`
+    spelled the same), else 0."""
+    n = len(source)
+    if len(target) <= n:
+        return 0
+    ids = range(n)
+    return n if source.convert_ids_to_tokens(ids) == target.convert_ids_to_tokens(ids) else 0
+
+
 def check_options(init: str, output_embeddings_mode: str, slot_tokens: str) -> None:
     """Raises for an unknown option value, naming the valid ones (cheap: call it before
     loading weights)."""
@@ -133,7 +179,8 @@ def transfer(
       config, params: the model (params may be sharded device arrays; only the
         embedding matrices come to the host).
       source_tokenizer: the tokenizer the model was trained with.
-      target_tokenizer: the new tokenizer (the same object, or an equal spec, for none).
+      target_tokenizer: the new tokenizer (the same object, or an equal spec of equal
+        size, for none; a tokenizer extended by `add_tokens` keeps the old rows by id).
       init: how new embedding rows start, one of `INIT_METHODS`.
       output_embeddings_mode: `preserve` the model's tied-ness or `untie`.
       pad_to_multiple_of: the new vocabulary is zero-padded to a multiple of this.
@@ -150,6 +197,7 @@ def transfer(
         )
     same = target_tokenizer is source_tokenizer or (
         source_tokenizer.spec is not None and source_tokenizer.spec == target_tokenizer.spec
+        and len(source_tokenizer) == len(target_tokenizer)
     )
     stats = None
     inputs, outputs = embedding_matrices(config, params)
@@ -179,7 +227,16 @@ def transfer(
                     source_tokenizer, target_tokenizer, inputs, output_embeddings=outputs, seed=seed,
                     allow_exact_match=allow_exact_match, slot_tokens=slot_tokens,
                 )
-            inputs, outputs, stats = result.input_embeddings, result.output_embeddings, result.stats
+            new_inputs, new_outputs, stats = result.input_embeddings, result.output_embeddings, result.stats
+            kept = extended_prefix(source_tokenizer, target_tokenizer)
+            if kept:  # the old ids keep their own rows; only the added ones are new
+                logging.info("%s extends %s: its first %d rows are kept, %d initialised by %s.",
+                             target_tokenizer.spec, source_tokenizer.spec, kept,
+                             len(target_tokenizer) - kept, init)
+                new_inputs = np.concatenate([inputs, np.asarray(new_inputs)[kept:].astype(inputs.dtype)])
+                if outputs is not None:
+                    new_outputs = np.concatenate([outputs, np.asarray(new_outputs)[kept:].astype(outputs.dtype)])
+            inputs, outputs = new_inputs, new_outputs
             logging.info("%s %s -> %s: %s", init, source_tokenizer.spec, target_tokenizer.spec, stats)
         new_config, new_params = replace_vocabulary(
             config, params, inputs, outputs, tokenizer_size=len(target_tokenizer),

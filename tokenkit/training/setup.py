@@ -244,6 +244,7 @@ def build_run(
     remat_policy: str = "none",
     attention_impl: str = "einsum",
     hypernet: hypernet_lib.HypernetConfig | None = None,
+    tokens_to_add: Sequence[str] | None = None,
 ) -> RunSetup:
     """Loads (or initialises) the models and builds the parameter trees of a run.
 
@@ -270,6 +271,8 @@ def build_run(
         gin/hypernet/distill.gin): the student's embeddings are its predictions from the
         student's own (transferred) rows, trained through it; `train_embeddings` then says
         whether the rows themselves train too (the upstream's semantics).
+      tokens_to_add: tokens added to the student's (target) tokenizer, their rows
+        initialised by `init` (`models.transfer.add_tokens`; the upstream's option).
     """
     if train_model_mode not in TRAIN_MODES:
         raise ValueError(f"Unknown train_model_mode {train_model_mode!r}; valid: {', '.join(TRAIN_MODES)}.")
@@ -294,6 +297,8 @@ def build_run(
 
     original_tokenizer = load_byteify_tokenizer(student_tokenizer)
     target = load_byteify_tokenizer(target_tokenizer) if target_tokenizer else original_tokenizer
+    if tokens_to_add:
+        target = transfer_lib.add_tokens(target, tokens_to_add)
 
     # --- the student ------------------------------------------------------------------
     original_config, original_params = load_model(
