@@ -192,3 +192,70 @@ def test_score_aligned_masks_and_positions():
     lp = np.asarray(jax.nn.log_softmax(logits[0], -1))
     assert float(total[0]) == pytest.approx(lp[1, 2] + lp[2, 4], abs=1e-5)
     assert bool(greedy[0]) == (lp[1].argmax() == 2 and lp[2].argmax() == 4)
+
+
+# ------------------------------------------------------- through a pivot (MinED mappings)
+
+# Tiny-world pair data: each Qwen2-BPE id -> the Llama3-BPE id of least edit distance.
+QWEN_TO_LLAMA = REPO / "data" / "tokenizer_pairs" / "llama3_bpe__qwen2_bpe"
+
+
+def _pivot_vocabulary(qwen_models, llama_model):
+    native = qwen_models[0]
+    mapping = ensemble.load_mined_mapping(QWEN_TO_LLAMA)
+    vocab = ensemble.UnifiedVocabulary.build(
+        [native.tokenizer, llama_model.tokenizer], [native.stop_ids, llama_model.stop_ids],
+        [None, mapping])
+    return vocab, mapping
+
+
+def test_pivot_vocabulary_is_the_pivots_regular_tokens(qwen_models, llama_model):
+    native = qwen_models[0]
+    vocab, mapping = _pivot_vocabulary(qwen_models, llama_model)
+    assert vocab.pivot and not vocab.is_identity
+    assert vocab.size == len(native.tokenizer) - 3 + 1  # Qwen2's 3 special tokens out, end in
+    (end,) = vocab.stop_ids
+    pivot_ids = vocab.member_ids[0][:end]
+    np.testing.assert_array_equal(vocab.member_ids[1][:end], mapping[pivot_ids])
+    assert native.tokenizer.convert_ids_to_tokens(int(vocab.member_ids[0][end])) == "<|im_end|>"
+    assert llama_model.tokenizer.convert_ids_to_tokens(int(vocab.member_ids[1][end])) == "<|eot_id|>"
+    # Tokens both have map to themselves; others to a near spelling.
+    the = native.tokenizer.convert_ids_to_tokens(pivot_ids.tolist()).index("Ġthe")
+    assert llama_model.tokenizer.convert_ids_to_tokens(int(vocab.member_ids[1][the])) == "Ġthe"
+    # A different mapping is a different compiled-function key.
+    other = ensemble.UnifiedVocabulary.build(
+        [native.tokenizer, llama_model.tokenizer], [native.stop_ids, llama_model.stop_ids],
+        [None, np.zeros_like(mapping)])
+    assert other.fingerprint != vocab.fingerprint
+
+
+def test_pivot_vocabulary_refuses_bad_mappings(qwen_models, llama_model):
+    native = qwen_models[0]
+    toks, stops = [native.tokenizer, llama_model.tokenizer], [native.stop_ids, llama_model.stop_ids]
+    mapping = ensemble.load_mined_mapping(QWEN_TO_LLAMA)
+    with pytest.raises(ValueError, match="lists the pivot first"):
+        ensemble.UnifiedVocabulary.build(toks, stops, [mapping, None])
+    with pytest.raises(ValueError, match="has 10 entries"):
+        ensemble.UnifiedVocabulary.build(toks, stops, [None, mapping[:10]])
+    with pytest.raises(ValueError, match="outside its tokenizer"):
+        ensemble.UnifiedVocabulary.build(toks, stops, [None, mapping + 5000])
+
+
+def test_mined_mapping_files_and_member_keys(tmp_path):
+    mapping = ensemble.load_mined_mapping(QWEN_TO_LLAMA)
+    assert mapping.shape == (3000,)
+    np.testing.assert_array_equal(
+        ensemble.load_mined_mapping(QWEN_TO_LLAMA / "mined_mapping.npy"), mapping)
+    with pytest.raises(FileNotFoundError, match="No MinED mapping.*compute_mined_mapping"):
+        ensemble.load_mined_mapping(tmp_path)
+    pivot = {"pretrained": "p", "tokenizer": "p:source=Qwen2"}
+    member = {"pretrained": "m", "tokenizer": "m:source=Llama3", "mined_mapping": str(QWEN_TO_LLAMA)}
+    gin.clear_config()
+    try:
+        specs, _ = ensemble.ensemble_models(models=[pivot, member])
+        assert [s.mined_mapping for s in specs] == [None, str(QWEN_TO_LLAMA)]
+        for bad in ([member, pivot], [pivot, member, pivot]):
+            with pytest.raises(ValueError, match="lists the pivot first"):
+                ensemble.ensemble_models(models=bad)
+    finally:
+        gin.clear_config()

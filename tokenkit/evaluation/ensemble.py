@@ -10,6 +10,18 @@ space, the *unified vocabulary*:
   every tokenizer has, plus one *end* entry standing for each family's end-of-turn token
   (Qwen2's `<|im_end|>`, Llama3's `<|eot_id|>`, ...), as the upstream did.
 
+Models with *different* tokenizers ensemble through a *pivot* (the upstream's
+`baseline_mined_mapping_paths`): the first member's regular tokens (plus the end entry)
+are the unified vocabulary, and every other member reads each of them as the token a
+MinED mapping names (`tokenizer_info.mined_mapping` with the member's tokenizer as
+teacher and the pivot's as student: the member token of least edit distance). Each
+member reads a prompt in its own tokenization; from there on every step's token is the
+pivot's, fed to each member as its mapped token, and the members' distributions are
+combined on the pivot's tokens. Scoring a continuation is the probability that lockstep
+decoding produces the pivot's tokenization of it. A member's mapped token need not spell
+the pivot token's bytes (it is the nearest the member has), which is the approximation
+this kind of ensemble makes.
+
 Each member's logits are gathered onto the unified vocabulary and combined by a
 `combine_strategy`:
 
@@ -31,12 +43,15 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pathlib import Path
+
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from tokenkit import tokenizer_info
 from tokenkit.byteify import ByteifyTokenizer
 
 Array = jax.Array
@@ -46,6 +61,7 @@ COMBINE_STRATEGIES: tuple[str, ...] = ("mean_prob", "mean_logits")
 # Keys an ensemble member definition may have (Gin dicts in gin/ensembles/).
 MEMBER_KEYS: tuple[str, ...] = (
     "pretrained", "tokenizer", "add_bos", "expand_model", "expand_tokenizer", "name",
+    "mined_mapping",
 )
 
 
@@ -65,12 +81,15 @@ class UnifiedVocabulary:
       member_ids: one int32 array `[size]` per member: the member's id of each unified token.
       stop_ids: unified indices that end a generated reply.
       is_identity: every member's id is the unified index (identical vocabularies).
+      pivot: the entries are the first member's tokens, the others' ids come from MinED
+        mappings (several unified entries may name one member id).
       size: the number of unified entries.
     """
 
     member_ids: tuple[np.ndarray, ...]
     stop_ids: tuple[int, ...]
     is_identity: bool
+    pivot: bool = False
 
     @property
     def size(self) -> int:
@@ -79,7 +98,7 @@ class UnifiedVocabulary:
     @functools.cached_property
     def fingerprint(self) -> str:
         """A digest of the contents (compiled functions are cached by it)."""
-        digest = hashlib.sha256(repr((self.stop_ids, self.is_identity)).encode())
+        digest = hashlib.sha256(repr((self.stop_ids, self.is_identity, self.pivot)).encode())
         for ids in self.member_ids:
             digest.update(np.ascontiguousarray(ids, np.int32).tobytes())
             digest.update(b"|")
@@ -87,12 +106,19 @@ class UnifiedVocabulary:
 
     @classmethod
     def build(
-        cls, tokenizers: Sequence[ByteifyTokenizer], stop_ids: Sequence[Sequence[int]]
+        cls,
+        tokenizers: Sequence[ByteifyTokenizer],
+        stop_ids: Sequence[Sequence[int]],
+        mined_mappings: Sequence[np.ndarray | None] | None = None,
     ) -> UnifiedVocabulary:
         """The unified vocabulary of `tokenizers`; `stop_ids[i]` are member i's ids that
-        end a reply (used as they are when the vocabularies are identical)."""
+        end a reply (used as they are when the vocabularies are identical). With
+        `mined_mappings` (None for the pivot, first; a mapping for every other member)
+        it is the pivot's (see `build_pivot`)."""
         if not tokenizers:
             raise ValueError("An ensemble needs at least one member.")
+        if mined_mappings is not None and any(m is not None for m in mined_mappings):
+            return cls.build_pivot(tokenizers, mined_mappings)
         vocabs = [t.get_vocab() for t in tokenizers]
         first = tokenizers[0]
         if all(v == vocabs[0] and len(t) == len(first) for v, t in zip(vocabs, tokenizers)):
@@ -113,22 +139,92 @@ class UnifiedVocabulary:
             "entry); regular tokens left out per member: %s",
             len(regular), len(tokenizers), dropped,
         )
-        member_ids = []
-        for t in tokenizers:
-            eot = t.family.first_token("eot") or t.family.first_token("eos")
-            if eot is None:
-                raise ValueError(
-                    f"Tokenizer {t!r}: family {t.family.name} has neither an eot nor an eos "
-                    "token, so an ensemble cannot tell when it ends a reply."
-                )
-            member_ids.append(np.asarray(t.convert_tokens_to_ids(regular + [eot]), np.int32))
+        member_ids = [
+            np.asarray(t.convert_tokens_to_ids(regular) + [_end_id(t)], np.int32) for t in tokenizers
+        ]
         return cls(tuple(member_ids), (len(regular),), False)
 
+    @classmethod
+    def build_pivot(
+        cls, tokenizers: Sequence[ByteifyTokenizer], mined_mappings: Sequence[np.ndarray | None]
+    ) -> UnifiedVocabulary:
+        """The first tokenizer's (the pivot's) regular tokens plus the end entry; member
+        i > 0 reads pivot id p as `mined_mappings[i][p]`.
+
+        Raises:
+          ValueError: the pivot has a mapping or another member lacks one; a mapping does
+            not cover the pivot's ids or names ids its member does not have.
+        """
+        if len(mined_mappings) != len(tokenizers):
+            raise ValueError(
+                f"{len(mined_mappings)} MinED mappings for {len(tokenizers)} ensemble members.")
+        if mined_mappings[0] is not None or any(m is None for m in mined_mappings[1:]):
+            given = ["mapping" if m is not None else "none" for m in mined_mappings]
+            raise ValueError(
+                "An ensemble through a pivot vocabulary lists the pivot first, without a "
+                f"mined_mapping, and every other member with one; got {given}."
+            )
+        pivot = tokenizers[0]
+        special = set(pivot.all_special_tokens)
+        vocab = pivot.get_vocab()
+        regular = sorted(t for t in vocab if t not in special)
+        pivot_ids = np.asarray([vocab[t] for t in regular], np.int64)
+        member_ids = [np.append(pivot_ids, _end_id(pivot)).astype(np.int32)]
+        for i, (t, mapping) in enumerate(zip(tokenizers[1:], mined_mappings[1:]), start=1):
+            mapping = np.asarray(mapping)
+            if len(mapping) <= pivot_ids.max():
+                raise ValueError(
+                    f"The MinED mapping of member {i} ({t!r}) has {len(mapping)} entries; the "
+                    f"pivot {pivot!r} has ids up to {pivot_ids.max()} (was it computed with the "
+                    "pivot's tokenizer as student?)."
+                )
+            ids = mapping[pivot_ids]
+            if ids.min() < 0 or ids.max() >= len(t):
+                raise ValueError(
+                    f"The MinED mapping of member {i} names ids outside its tokenizer {t!r} "
+                    f"(size {len(t)}): was it computed with this member's tokenizer as teacher?"
+                )
+            special_ids = set(t.all_special_ids)
+            to_special = sum(int(x) in special_ids for x in np.unique(ids))
+            logging.info(
+                "Pivot vocabulary: member %d reads %d pivot tokens as %d distinct tokens of its "
+                "own (%d of them special tokens).", i, len(ids), len(np.unique(ids)), to_special,
+            )
+            member_ids.append(np.append(ids, _end_id(t)).astype(np.int32))
+        return cls(tuple(member_ids), (len(regular),), False, pivot=True)
+
     def inverse(self, member: int, vocab_size: int) -> np.ndarray:
-        """int32 `[vocab_size]`: the unified index of each of member's ids, -1 if none."""
+        """int32 `[vocab_size]`: the unified index of each of member's ids, -1 if none
+        (for a pivot vocabulary's other members, one of the entries mapped to the id)."""
         inv = np.full((vocab_size,), -1, np.int32)
         inv[self.member_ids[member]] = np.arange(self.size, dtype=np.int32)
         return inv
+
+
+def _end_id(tokenizer: ByteifyTokenizer) -> int:
+    """The id standing for the unified end entry: the family's eot (else eos) token."""
+    eot = tokenizer.family.first_token("eot") or tokenizer.family.first_token("eos")
+    if eot is None:
+        raise ValueError(
+            f"Tokenizer {tokenizer!r}: family {tokenizer.family.name} has neither an eot nor "
+            "an eos token, so an ensemble cannot tell when it ends a reply."
+        )
+    return int(tokenizer.convert_tokens_to_ids(eot))
+
+
+def load_mined_mapping(path: str | Path) -> np.ndarray:
+    """A MinED mapping: `mined_mapping.npy` in a pair directory (as
+    `tools/compute_mined_mapping.py` writes it), or that `.npy` file itself."""
+    path = Path(path).expanduser()
+    file = path / tokenizer_info.MINED_MAPPING_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"No MinED mapping at {str(path)!r} (expected a pair directory holding "
+            f"{tokenizer_info.MINED_MAPPING_FILE}, or the file; make one with "
+            "tools/compute_mined_mapping.py, the member's tokenizer as teacher and the "
+            "pivot's as student)."
+        )
+    return np.load(file)
 
 
 def gather_unified(logits: Array, member_ids: np.ndarray, is_identity: bool) -> Array:
@@ -192,6 +288,7 @@ class MemberSpec:
     expand_model: str | None = None
     expand_tokenizer: str | None = None
     name: str | None = None
+    mined_mapping: str | None = None
 
     @classmethod
     def from_dict(cls, index: int, entry: Mapping[str, Any]) -> MemberSpec:
@@ -224,11 +321,21 @@ def ensemble_models(
     Args:
       models: one dict per member: `pretrained` (checkpoint dir or hub id), `tokenizer`
         (spec), optional `add_bos` (default True), `expand_model` / `expand_tokenizer`
-        (byte-level members with input-id expansion), `name` (for logs).
+        (byte-level members with input-id expansion), `name` (for logs),
+        `mined_mapping` (members with their own tokenizers: a pair directory or `.npy`
+        file mapping the first member's, the pivot's, ids to this member's; see the
+        module docstring).
       combine_strategy: one of `COMBINE_STRATEGIES`.
     """
     check_combine_strategy(combine_strategy)
     specs = [MemberSpec.from_dict(i, m) for i, m in enumerate(models)]
     if not specs:
         raise ValueError("ensemble_models.models is empty; an ensemble needs members.")
+    mapped = [s.mined_mapping is not None for s in specs]
+    if any(mapped) and (mapped[0] or not all(mapped[1:])):
+        raise ValueError(
+            "An ensemble through a pivot vocabulary lists the pivot first, without a "
+            "mined_mapping, and every other member with one; members with a mined_mapping: "
+            f"{[i for i, m in enumerate(mapped) if m]}."
+        )
     return specs, combine_strategy

@@ -161,8 +161,9 @@ _RUN_ARGS = ("tasks", "limit", "num_fewshot", "apply_chat_template", "fewshot_as
 
 
 def _evaluate_models(models: list[EvalModel], combine_strategy: str,
-                     args: Mapping[str, Any]) -> dict[str, Any]:
-    lm = TokenkitLM(models=models, combine_strategy=combine_strategy,
+                     args: Mapping[str, Any], mined_mappings: list | None = None) -> dict[str, Any]:
+    pivot = {"mined_mappings": mined_mappings} if mined_mappings is not None else {}
+    lm = TokenkitLM(models=models, combine_strategy=combine_strategy, **pivot,
                     **{k: args[k] for k in _LM_ARGS})
     return run_tasks(lm, **{k: args[k] for k in _RUN_ARGS})
 
@@ -273,7 +274,9 @@ def evaluate_lockstep(
 
     Args:
       models: the members (`MemberSpec`s, their dicts, or `EvalModel`s); default: the
-        ensemble a `gin/ensembles/*.gin` file defines (`ensemble_models.models`).
+        ensemble a `gin/ensembles/*.gin` file defines (`ensemble_models.models`). Members
+        with their own tokenizers name a `mined_mapping` to the first's (the pivot's)
+        vocabulary (`ensemble` module docstring).
       combine_strategy: default: `ensemble_models.combine_strategy`.
       Others: as `evaluate` (each member has its own `add_bos`).
     """
@@ -281,19 +284,21 @@ def evaluate_lockstep(
         models, default_strategy = ensemble.ensemble_models()
         combine_strategy = combine_strategy or default_strategy
     combine_strategy = combine_strategy or "mean_prob"
-    members = []
-    for i, member in enumerate(models):
-        if isinstance(member, EvalModel):
-            members.append(member)
-            continue
-        spec = ensemble.MemberSpec.from_dict(i, member)
-        members.append(load_eval_model(
-            spec.pretrained, spec.tokenizer, add_bos=spec.add_bos, dtype=dtype,
-            param_dtype=param_dtype, expand_model=spec.expand_model,
-            expand_tokenizer=spec.expand_tokenizer,
-        ))
+    specs = [m if isinstance(m, EvalModel) else ensemble.MemberSpec.from_dict(i, m)
+             for i, m in enumerate(models)]
+    # MinED mappings (members with their own tokenizers, through the first as pivot) are
+    # read before any model, so a missing one fails fast.
+    mined = [None if isinstance(s, EvalModel) or s.mined_mapping is None
+             else ensemble.load_mined_mapping(s.mined_mapping) for s in specs]
+    members = [s if isinstance(s, EvalModel) else load_eval_model(
+        s.pretrained, s.tokenizer, add_bos=s.add_bos, dtype=dtype, param_dtype=param_dtype,
+        expand_model=s.expand_model, expand_tokenizer=s.expand_tokenizer,
+    ) for s in specs]
     logging.info(
-        "Lockstep ensemble of %d models (%s), combine_strategy=%s",
+        "Lockstep ensemble of %d models (%s), combine_strategy=%s%s",
         len(members), ", ".join(m.name for m in members), combine_strategy,
+        ", through the first member's vocabulary (MinED mappings)" if any(
+            m is not None for m in mined) else "",
     )
-    return _evaluate_models(members, combine_strategy, locals())
+    return _evaluate_models(members, combine_strategy, locals(),
+                            mined if any(m is not None for m in mined) else None)
