@@ -27,6 +27,8 @@ from typing import Any
 import gin
 from absl import app, flags, logging
 
+from tokenkit import storage
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,7 +48,9 @@ def _define_flags() -> None:
         "gin_param", [], "Gin binding(s), e.g. --gin_param='train.steps=10'."
     )
     flags.DEFINE_string(
-        "workdir", None, "Directory for checkpoints, metrics and the operative config."
+        "workdir", None,
+        "Directory for checkpoints, metrics and the operative config (a local path or a "
+        "gs:// / s3:// URL)."
     )
 
 OPERATIVE_CONFIG_NAME = "operative_config.gin"
@@ -104,19 +108,16 @@ def parse_gin(
     return resolved
 
 
-def save_operative_config(workdir: str | os.PathLike[str] | None) -> Path | None:
+def save_operative_config(workdir: storage.Location | None) -> storage.epath.Path | None:
     """Writes the bindings actually used so far into `workdir/operative_config.gin`.
 
-    Only process 0 writes. Safe to call repeatedly (each checkpoint rewrites it).
+    Only process 0 writes; the workdir may be remote. Safe to call repeatedly (each
+    checkpoint rewrites it).
     """
     if workdir is None or process_index() != 0:
         return None
-    path = Path(workdir) / OPERATIVE_CONFIG_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".gin.tmp")
-    tmp.write_text(gin.operative_config_str())
-    tmp.replace(path)
-    return path
+    return storage.write_text(storage.path(workdir) / OPERATIVE_CONFIG_NAME,
+                              gin.operative_config_str())
 
 
 def process_index() -> int:
@@ -233,17 +234,24 @@ def run(
     *,
     workdir_required: bool = False,
     shorthands: Mapping[str, str] | None = None,
+    base_gin_files: Callable[[str | None], Sequence[str]] | None = None,
+    save_config: bool = True,
 ) -> None:
     """Runs an entrypoint: parse flags and Gin, then `main(workdir=...)`.
 
-    `main` is a Gin-configurable function (or calls one); it receives the workdir
-    (a `Path` or None). The operative config is saved into the workdir when `main`
-    returns; long-running mains also save it at each checkpoint.
+    `main` is a Gin-configurable function (or calls one); it receives the workdir (an
+    `etils.epath.Path`, local or remote, see `tokenkit.storage`; or None). The operative
+    config is saved into the workdir when `main` returns; long-running mains also save
+    it at each checkpoint.
 
     `shorthands` maps extra string flags to the Gin parameters they set, for
     entrypoints whose everyday use is a few values (`{"model": "score.model"}` makes
     `--model=DIR` mean `--gin_param='score.model="DIR"'`). They still go through Gin,
     so the operative config records them; an explicit `--gin_param` overrides them.
+
+    `base_gin_files(workdir_flag)` names Gin files parsed before `--gin_file` (e.g. the
+    operative config of the run an entrypoint reads); `save_config=False` leaves the
+    workdir's operative config alone (for entrypoints that read a run's workdir).
     """
 
     _define_flags()
@@ -262,18 +270,20 @@ def run(
             short = shorthand_bindings(
                 shorthands, {name: flags.FLAGS[name].value for name in shorthands}
             )
-            parse_gin(flags.FLAGS.gin_file, [*short, *flags.FLAGS.gin_param])
-        except GinConfigError as e:
+            base = list(base_gin_files(workdir_flag)) if base_gin_files else []
+            parse_gin([*base, *flags.FLAGS.gin_file], [*short, *flags.FLAGS.gin_param])
+        except (GinConfigError, FileNotFoundError) as e:
             logging.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         logging.get_absl_handler().addFilter(_QuietLibraries())
         enable_compilation_cache()
         maybe_initialize_distributed()
-        workdir = Path(workdir_flag) if workdir_flag else None
+        workdir = storage.path(workdir_flag) if workdir_flag else None
         if workdir is not None and process_index() == 0:
             workdir.mkdir(parents=True, exist_ok=True)
         main(workdir=workdir)
-        save_operative_config(workdir)
+        if save_config:
+            save_operative_config(workdir)
 
     app.run(_main)

@@ -98,11 +98,14 @@ def build_data(
     seed: int,
     pair: TokenizerPair | None = None,
     pair_data: TokenizerPairData | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[grain.IterDataset, Batch]:
     """The run's Grain dataset, and one example row (shapes and fields of a batch).
 
     The example comes from encoding the first record directly, so the iterator stays
-    untouched (a checkpoint at step 0 holds the true start of the data).
+    untouched (a checkpoint at step 0 holds the true start of the data). `shard`:
+    `(index, count)` of the rows of each global batch this process reads (default: JAX's
+    process index and count; see `training.multihost.data_shard`).
     """
 
     def side_encoder(tokenizer: ByteifyTokenizer, max_length: int) -> encoding.SideEncoder:
@@ -136,5 +139,7 @@ def build_data(
         source, transform, batch_size=config.batch_size, seed=seed,
         num_workers=config.num_workers,
         pack_length=config.max_student_length if config.pack else None,
+        process_index=None if shard is None else shard[0],
+        process_count=None if shard is None else shard[1],
     )
     return dataset, jax.tree.map(lambda x: np.asarray(x)[None], example)

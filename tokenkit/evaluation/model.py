@@ -27,6 +27,7 @@ from tokenkit.models import (
     resolve_checkpoint_dir,
     shard,
 )
+from tokenkit.models import hf_expansion
 from tokenkit.models.expand import Expansion, build_expansion
 from tokenkit.models.side import ModelSide, check_tokenizer_fits
 
@@ -100,7 +101,8 @@ def load_eval_model(
       expand_model, expand_tokenizer: for a byte-level model trained with input-id
         expansion, the model whose input embeddings form the expansion table and the
         spec of its tokenizer (upstream `expand_model.pretrained_model_name_or_path`,
-        `expand_model.tokenizer_name`). Both or neither.
+        `expand_model.tokenizer_name`). Both or neither; not needed for tokenkit's
+        exports, which carry their expansion (`models.hf_expansion`).
       mesh: place the parameters on this mesh (default: the first device).
     """
     if (expand_model is None) != (expand_tokenizer is None):
@@ -118,9 +120,14 @@ def load_eval_model(
         params, expansion = attach_expansion(
             params, tokenizer, expand_model, expand_tokenizer, param_dtype=param_dtype
         )
-        if mesh is not None:
-            table_sharding = param_shardings(config, mesh, params=params)["expand_embedder"]
-            params["expand_embedder"] = shard(params["expand_embedder"], table_sharding)
+    elif (stored := hf_expansion.load_expansion(resolve_checkpoint_dir(pretrained))) is not None:
+        # A byte-level export that carries its expansion (tokenkit.training.export).
+        table, expansion = stored
+        params = {**params, "expand_embedder": {"embedding": jnp.asarray(
+            table, None if param_dtype is None else jnp.dtype(param_dtype))}}
+    if expansion is not None and mesh is not None:
+        table_sharding = param_shardings(config, mesh, params=params)["expand_embedder"]
+        params["expand_embedder"] = shard(params["expand_embedder"], table_sharding)
     return EvalModel.build(
         config,
         params,

@@ -632,6 +632,10 @@ def from_hf_dict(hf: Mapping[str, Any]) -> ModelConfig:
     (listing the supported alternatives).
     """
     model_type = hf.get("model_type")
+    if model_type == "tokenkit_expanded":  # a byte-level export with its expansion
+        from tokenkit.models.hf_expansion import base_config
+
+        return from_hf_dict(base_config(hf))
     if str(model_type).startswith("tpu_"):
         from tokenkit.models.upstream_format import config_from_upstream
 

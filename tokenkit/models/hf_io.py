@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from tokenkit import gguf, hub
+from tokenkit.models import hf_expansion
 from tokenkit.models import sharding as sharding_lib
 from tokenkit.models.config import ModelConfig, from_hf_dict, to_hf_dict
 from tokenkit.progress import Progress
@@ -387,7 +388,7 @@ def _load_params(config, ckpt: _Checkpoint, mesh, rules, dtype) -> dict:
             f"{len(missing)} tensor(s) missing from the checkpoint for {config.architecture}: "
             f"{missing[:10]}{' ...' if len(missing) > 10 else ''}"
         )
-    unused = sorted(set(ckpt.weight_map) - needed)
+    unused = sorted(set(ckpt.weight_map) - needed - set(hf_expansion.tensor_names()))
     if config.architecture == "gpt2":
         unused = [name for name in unused if not _GPT2_BUFFERS.search(name)]
     if unused:
@@ -498,6 +499,7 @@ def save_pretrained(
     *,
     max_shard_size: int | str = "5GB",
     dtype: Any = None,
+    extra_tensors: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Writes an HF checkpoint that `transformers.AutoModelForCausalLM` loads.
 
@@ -507,6 +509,8 @@ def save_pretrained(
       tokenizer: anything with `save_pretrained(dir)` (optional).
       max_shard_size: above this many bytes, tensors go to numbered shards plus an index.
       dtype: dtype of the written tensors (e.g. "bfloat16"); None keeps the params' dtype.
+      extra_tensors: host arrays written as they are, under their names, into the last
+        file (e.g. an input-id expansion, `models.hf_expansion`).
 
     Only process 0 writes; all processes must call it (multi-host arrays are gathered).
     Parameters outside the HF format (e.g. `expand_embedder`) are not written; they are
@@ -575,6 +579,11 @@ def save_pretrained(
             tensors[name] = np.ascontiguousarray(_fuse(hf_parts))
             weight_map[name] = fname
             progress.update(1)
+        if fname == names[-1]:
+            for name, value in (extra_tensors or {}).items():
+                tensors[name] = np.ascontiguousarray(value)
+                weight_map[name] = fname
+                sizes[-1] += int(np.asarray(value).nbytes)
         if write:
             save_file(tensors, out / fname, metadata={"format": "pt"})
         del tensors

@@ -4,12 +4,16 @@ A checkpoint holds what a run cannot recompute: the trainable parameters, the op
 state, the step, the RNG key, any loss-aggregation state, and the Grain iterator's state
 (one file per process, so every host resumes its own shard). Frozen weights are reloaded
 from their source on resume. Saving is asynchronous; the last `keep` checkpoints stay.
-A workdir with checkpoints is resumed, never wiped.
+A workdir with checkpoints is resumed, never wiped. The workdir may be remote
+(`gs://bucket/run`, see `tokenkit.storage`): Orbax writes there directly.
+
+In a multi-process run every process calls `save` and `restore` (Orbax coordinates
+them: each process writes its shards of the arrays, process 0 the metadata).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import gin
@@ -17,6 +21,9 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from tokenkit import storage
+from tokenkit.training import multihost
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -26,13 +33,13 @@ class Checkpointer:
     """Saves and restores `(state, data iterator)` pairs under `workdir/checkpoints`.
 
     Args:
-      workdir: the run's directory.
+      workdir: the run's directory (local or remote).
       keep: how many of the latest checkpoints to keep.
       async_save: write in a background thread while training continues.
     """
 
-    def __init__(self, workdir: str | Path, *, keep: int = 3, async_save: bool = True) -> None:
-        self.directory = (Path(workdir) / CHECKPOINT_DIR).absolute()
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True) -> None:
+        self.directory = storage.path(workdir) / CHECKPOINT_DIR
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -78,8 +85,10 @@ class Checkpointer:
         return restored["state"]
 
     def reached_preemption(self, step: int) -> bool:
-        """Whether the coordination service reports a preemption (multi-host TPU)."""
-        if jax.process_count() == 1:
+        """Whether JAX's preemption service says every process stops after `step`
+        (SIGTERM to any process of a multi-process run; all processes call this at
+        every step and get the same answer)."""
+        if not multihost.preemption_service_running():
             return False
         return self._manager.reached_preemption(step)
 

@@ -12,7 +12,15 @@ sharded train step (`tokenkit.training.step`), and loops:
 
 A workdir that holds checkpoints is resumed from the latest one. SIGTERM saves at the
 next step boundary and returns normally; a non-finite loss stops the run with an error,
-keeping the last good checkpoint. At the end the student is exported in the HF format.
+keeping the last good checkpoint. At the end the student is exported in the HF format
+(`training.export`, the code behind `python -m tokenkit.export`).
+
+Several processes (a TPU slice, GPU hosts, `tools/multiprocess.py`) run the same loop:
+each reads the rows of the global batch its devices hold (`training.multihost`), Orbax
+saves and restores in all of them, process 0 alone writes metrics and the operative
+config, evaluation and the export run in all (sharded parameters are gathered). A
+SIGTERM to any process stops all at the same step. The workdir may be remote
+(`gs://bucket/run`, `tokenkit.storage`).
 """
 
 from __future__ import annotations
@@ -20,27 +28,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from tokenkit import entry
+from tokenkit import entry, storage
 from tokenkit import losses as losses_lib
 from tokenkit.batch import Batch
 from tokenkit.data.assembly import DataConfig, build_data
 from tokenkit.data.pairs import TokenizerPair
 from tokenkit.losses import aggregation as agg
-from tokenkit.models import batch_shardings, make_mesh, merge_lora, save_pretrained
+from tokenkit.models import batch_shardings, make_mesh
 from tokenkit.models.sharding import sharding_context
 from tokenkit.progress import format_duration
 from tokenkit.training import cost as cost_lib
-from tokenkit.training import optim, setup as setup_lib, step as step_lib
+from tokenkit.training import export as export_lib
+from tokenkit.training import multihost, optim, setup as setup_lib, step as step_lib
 from tokenkit.training.checkpoint import Checkpointer, abstract_like
 from tokenkit.training.evaluator import Evaluator, report
 from tokenkit.training.metrics import MetricsWriter
@@ -50,7 +57,7 @@ GRADMAG_PROBES = {
     "final_norm": lambda: step_lib.leaf_probe(("student", "final_norm", "scale")),
     "last_layer": step_lib.last_layer_probe,
 }
-EXPORT_DIR = "export"
+EXPORT_DIR = export_lib.EXPORT_DIR
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -127,7 +134,8 @@ def _make_mesh(n_data_parallel: int, n_model_parallel: int) -> Mesh:
 
 
 def _to_global(batch: Batch, shardings: Any) -> Batch:
-    """A per-process batch -> global arrays sharded over the data axis."""
+    """A per-process batch (the rows this process's devices hold, `multihost.data_shard`)
+    -> global arrays sharded over the data axis."""
     return jax.tree.map(jax.make_array_from_process_local_data, shardings, batch)
 
 
@@ -151,18 +159,27 @@ class _Throughput:
             self.truncated[name] += side.num_truncated()
             self.tokens[name] += side.num_tokens()
 
-    def metrics(self) -> tuple[dict[str, float], float]:
-        """Rates since the last call, and seconds per step; then starts counting anew."""
+    def metrics(self, copies: int = 1) -> tuple[dict[str, float], float]:
+        """Rates since the last call over all processes, and seconds per step; then
+        starts counting anew. Every process must call it (counts are summed over them);
+        `copies`: how many processes read each row (more than one when the batch is
+        replicated over a model axis that spans processes)."""
         now = time.perf_counter()
         elapsed = max(now - self.since, 1e-9)
         per_step = elapsed / max(self.steps, 1)
+        counts = multihost.sum_over_processes({
+            "student": self.tokens["student"], "teacher": self.tokens["teacher"],
+            "truncated_student": self.truncated["student"],
+            "truncated_teacher": self.truncated["teacher"], "wait_s": self.wait_s,
+        })
+        processes = jax.process_count()
         out = {
-            "tokens_per_second": self.tokens["student"] / elapsed,
-            "teacher_tokens_per_second": self.tokens["teacher"] / elapsed,
+            "tokens_per_second": counts["student"] / copies / elapsed,
+            "teacher_tokens_per_second": counts["teacher"] / copies / elapsed,
             "seconds_per_step": per_step,
-            "data_wait_fraction": self.wait_s / elapsed,
-            "truncated_teacher_total": self.truncated["teacher"],
-            "truncated_student_total": self.truncated["student"],
+            "data_wait_fraction": counts["wait_s"] / processes / elapsed,
+            "truncated_teacher_total": round(counts["truncated_teacher"] / copies),
+            "truncated_student_total": round(counts["truncated_student"] / copies),
         }
         self._reset(now)
         return out, per_step
@@ -170,7 +187,7 @@ class _Throughput:
 
 @gin.configurable(denylist=["workdir"])
 def train(
-    workdir: Path | None,
+    workdir: storage.Location | None,
     *,
     losses: Sequence[str] = ("sft",),
     steps: int = 1000,
@@ -221,8 +238,9 @@ def train(
     """
     if workdir is None:
         raise ValueError("train needs --workdir (checkpoints, metrics and the export go there).")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = storage.path(workdir)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
     mesh = _make_mesh(n_data_parallel, n_model_parallel)
     logging.info("Mesh: %s", dict(mesh.shape))
     if gradmag_probe not in GRADMAG_PROBES:
@@ -235,11 +253,17 @@ def train(
     schedule = optim.learning_rate_schedule(steps)
     tx = optim.make_optimizer(run.trainable, schedule)
 
+    # This process reads the rows of each global batch that its devices hold.
+    rows = jax.ShapeDtypeStruct((data_config.batch_size,), jnp.int32)
+    shard = multihost.data_shard(batch_shardings(mesh, rows, run.rules), rows.shape)
     dataset, example = build_data(
         data_config, student=run.student.tokenizer,
         teacher=None if run.teacher is None else run.teacher.tokenizer,
         chunkings=required_chunkings(run.losses), seed=seed, pair=pair, pair_data=run.pair_data,
+        shard=shard,
     )
+    # Processes reading the same rows (a model axis across processes) count them twice.
+    copies = jax.process_count() // shard[1]
     data_iter = iter(dataset)
 
     # --- state, step ----------------------------------------------------------------
@@ -326,7 +350,7 @@ def train(
                 writer.write(step_num, metrics)
         pending = []
 
-    with PreemptionWatcher() as watcher:
+    with PreemptionWatcher(multihost.preemption_signals()) as watcher:
         for step_num in range(start + 1, steps + 1):
             t0 = time.perf_counter()
             batch = next(data_iter)
@@ -337,7 +361,7 @@ def train(
             state, metrics = compiled_step(state, device_batch, frozen)
             if step_num % log_interval == 0 or step_num == steps:
                 jax.block_until_ready(metrics["loss"])
-                rates, per_step = throughput.metrics()
+                rates, per_step = throughput.metrics(copies)
                 metrics = {**metrics, **rates}
                 if peak is not None:
                     metrics["mfu"] = cost.mfu(per_step, peak, mesh.size)
@@ -366,8 +390,8 @@ def train(
         final_eval = evaluator(state, frozen, final_step)
         writer.write(final_step, final_eval, split="eval")
         report(final_eval)
-        if export and jax.process_index() == 0:
-            export_student(run, state.params, frozen, workdir / EXPORT_DIR)
+        if export:  # every process: sharded parameters are gathered
+            export_lib.export_student(run, state.params, frozen, workdir / EXPORT_DIR)
     checkpointer.close()
     writer.close()
     logging.info(
@@ -376,19 +400,3 @@ def train(
         data_config.max_teacher_length, data_config.max_student_length,
     )
     return final_eval
-
-
-def export_student(run: setup_lib.RunSetup, trainable: Any, frozen: Any, out_dir: Path) -> Path:
-    """Writes the student as an HF checkpoint (LoRA merged, vocabulary padding kept).
-
-    The input-id expansion table is not part of the HF format: a byte-level student
-    trained with it is evaluated with the original model as its expand model.
-    """
-    params = jax.device_get(run.student_params(trainable, frozen))
-    if trainable.get("lora"):
-        params = merge_lora(params, jax.device_get(trainable["lora"]), alpha=run.lora.alpha)
-    params = {k: v for k, v in params.items() if k != "expand_embedder"}
-    params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-    save_pretrained(out_dir, run.student.config, params, tokenizer=run.student.tokenizer)
-    logging.info("Exported the student to %s.", out_dir)
-    return out_dir
