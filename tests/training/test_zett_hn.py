@@ -133,10 +133,14 @@ def test_a_short_run_trains_exports_and_transfers(tmp_path):
         "eval/make_source.paths = ['data/corpus/validation.jsonl']",
         "learning_rate_schedule.learning_rate = 1e-2",
         "Checkpointer.async_save = False",
+        "eval.tasks = ['tiny_world_mc']", "eval.limit = 4", "eval.lengths = [64, 128]",
     ]
     entry.parse_gin([], bindings, finalize=False)
     final = zett_hn.train_zett_hn(workdir)
     assert np.isfinite(final["gemma2_sp/bits_per_byte"]) and final["base/bits_per_byte"] > 0
+    # lm-eval tasks for each named tokenizer (and the base model), results on disk.
+    assert 0 <= final["gemma2_sp/tiny_world_mc/acc"] <= 1 and "base/tiny_world_mc/acc" in final
+    assert (workdir / "lm_eval" / "gemma2_sp_step_4").is_dir()
     records = [r for r in metrics.read_metrics(workdir) if r["split"] == "train"]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert "loss/identity" in records[0] and "loss/sft" in records[2] and "loss/lexical" in records[3]
