@@ -1,6 +1,6 @@
 """A stand-in for Google Cloud Storage: `gs://BUCKET/KEY` is the local file ROOT/BUCKET/KEY.
 
-`install(root)` (or the `fake_gcs` fixture in tests/conftest.py) makes, in this process:
+`install(root, monkeypatch)` (or the `fake_gcs` fixture below) makes, in this process:
 
 - fsspec's `gs` / `gcs` protocols a directory-backed filesystem (what gcsfs would be),
   and epath use fsspec for `gs://` (not TensorFlow's gfile, which would call Google);
@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 import fsspec
+import pytest
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
@@ -80,3 +81,11 @@ def install(root: Path, monkeypatch) -> None:
         lambda ckpt_path: {"driver": "file", "path": str(local_path(ckpt_path))},
     )
     monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch) -> Path:
+    """The fake installed for one test; its root (where `gs://...` files land)."""
+    root = tmp_path / "fake_gcs"
+    install(root, monkeypatch)
+    return root

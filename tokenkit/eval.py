@@ -13,17 +13,15 @@ model's expand model is `expand_model.pretrained_model_name_or_path` /
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lm_eval.utils import make_table
 
-from tokenkit import entry
+from tokenkit import entry, storage
 from tokenkit.evaluation import harness
 
 
-def main(workdir: Path | None = None) -> None:
+def main(workdir: storage.Location | None = None) -> None:
     results = harness.evaluate(output_dir=workdir)
-    if results:
+    if results and entry.process_index() == 0:
         print(make_table(results))
 
 

@@ -23,6 +23,11 @@ Options: `score.add_bos` (default: when the family has a bos), `score.expand_mod
 original model and its tokenizer spec), `score.max_length`, `score.stride`,
 `score.batch_size`, `score.buckets`, `score.dtype`. The library behind it is
 `tokenkit.evaluation.scoring`.
+
+The text file and the workdir may be remote (`gs://...`, see `tokenkit.storage`). Run
+as several processes (`tools/multiprocess.py`, a TPU slice), each process scores every
+n-th line with the model on its own first device and process 0 writes all results, in
+input order.
 """
 
 from __future__ import annotations
@@ -30,36 +35,60 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import gin
+import jax
+import numpy as np
 from absl import logging
 
-from tokenkit import entry
+from tokenkit import entry, storage
 from tokenkit.evaluation import scoring
 from tokenkit.evaluation.model import load_eval_model
 
 OUTPUT_FILE = "scores.jsonl"
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 file, split at `\\n` only (a `\\r` before it stays part of
-    the line: every byte is scored as written); a final newline adds no line."""
-    path = Path(path)
-    if not path.is_file():
+def read_lines(path: storage.Location) -> list[str]:
+    """The lines of a UTF-8 file (local or remote), split at `\\n` only (a `\\r` before
+    it stays part of the line: every byte is scored as written); a final newline adds no
+    line."""
+    location = storage.path(path)
+    if not location.is_file():
         raise FileNotFoundError(f"Text file {str(path)!r} does not exist.")
-    with open(path, encoding="utf-8", newline="") as f:
-        text = f.read()
+    text = location.read_bytes().decode("utf-8")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return lines
 
 
+def _gather_scores(mine: Sequence[scoring.TextScore], total: int) -> list[scoring.TextScore]:
+    """Every process's scores of lines `process_index::process_count`, in line order
+    (every process must call it)."""
+    count = jax.process_count()
+    if count == 1:
+        return list(mine)
+    from jax.experimental import multihost_utils
+
+    width = -(-total // count)
+    local = np.zeros((width, 4), np.float64)
+    for k, s in enumerate(mine):
+        local[k] = (s.loglik, s.n_tokens, s.n_bytes, s.n_windows)
+    # As int32 words: JAX would round float64 to float32 on the way.
+    words = np.asarray(multihost_utils.process_allgather(local.view(np.int32)))
+    gathered = np.ascontiguousarray(words).view(np.float64).reshape(count, width, 4)
+    out: list[scoring.TextScore | None] = [None] * total
+    for process in range(count):
+        for k, line in enumerate(range(process, total, count)):
+            loglik, n_tokens, n_bytes, n_windows = gathered[process, k]
+            out[line] = scoring.TextScore(float(loglik), int(n_tokens), int(n_bytes), int(n_windows))
+    return out
+
+
 @gin.configurable(denylist=["workdir"])
 def score(
-    workdir: Path | None = None,
+    workdir: storage.Location | None = None,
     *,
     model: str = gin.REQUIRED,
     tokenizer: str = gin.REQUIRED,
@@ -91,15 +120,18 @@ def score(
         model, tokenizer, dtype=dtype, param_dtype=dtype,
         expand_model=expand_model, expand_tokenizer=expand_tokenizer,
     )
+    # Each process scores every process_count-th line; the results are gathered.
+    mine = lines[jax.process_index()::jax.process_count()]
     scores = scoring.score_texts(
         model_,
-        lines,
+        mine,
         add_bos=add_bos,
         max_length=max_length,
         stride=stride,
         tokens_per_batch=tokens_per_batch,
         buckets=buckets,
     )
+    scores = _gather_scores(scores, len(lines))
     records = [s.as_dict() for s in scores]
 
     total_bytes = sum(s.n_bytes for s in scores)
@@ -112,15 +144,15 @@ def score(
     if entry.process_index() == 0:
         text = "".join(json.dumps(r) + "\n" for r in records)
         if workdir is not None:
-            (Path(workdir) / OUTPUT_FILE).write_text(text)
-            logging.info("Wrote %s.", Path(workdir) / OUTPUT_FILE)
+            path = storage.write_text(storage.path(workdir) / OUTPUT_FILE, text)
+            logging.info("Wrote %s.", path)
         else:
             sys.stdout.write(text)
             sys.stdout.flush()
     return records
 
 
-def main(workdir: Path | None) -> None:
+def main(workdir: storage.Location | None) -> None:
     score(workdir)
 
 

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from tests.fake_gcs import fake_gcs  # noqa: F401  (fixture)
 from tokenkit.training.checkpoint import Checkpointer, abstract_like
 
 
@@ -46,4 +47,22 @@ def test_keeps_the_latest_n(tmp_path):
     assert reopened.latest_step() == 3
     assert float(reopened.restore(3, {"x": jax.ShapeDtypeStruct((), jnp.float32)})["x"]) == 3.0
     ckpt.close()
+    reopened.close()
+
+
+def test_a_remote_workdir_saves_restores_and_deletes_there(fake_gcs):
+    it = _iterator()
+    next(it)
+    ckpt = Checkpointer("gs://bucket/run", keep=1)
+    assert str(ckpt.directory) == "gs://bucket/run/checkpoints"
+    ckpt.save(1, {"x": jnp.arange(4.0)}, it)
+    ckpt.save(2, {"x": jnp.arange(4.0) * 2}, it)
+    expected = next(it)
+    ckpt.close()
+    assert sorted(p.name for p in (fake_gcs / "bucket" / "run" / "checkpoints").iterdir()) == ["2"]
+    reopened = Checkpointer("gs://bucket/run")
+    fresh = _iterator()
+    restored = reopened.restore(2, {"x": jax.ShapeDtypeStruct((4,), jnp.float32)}, fresh)
+    np.testing.assert_array_equal(restored["x"], np.arange(4.0) * 2)
+    np.testing.assert_array_equal(next(fresh), expected)
     reopened.close()

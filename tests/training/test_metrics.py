@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from tests.fake_gcs import fake_gcs  # noqa: F401  (fixture)
 from tokenkit.training.metrics import MetricsWriter, read_metrics
 
 
@@ -56,3 +57,20 @@ def test_wandb_without_package_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ImportError, match="tokenkit\\[wandb\\]"):
         MetricsWriter(tmp_path, tensorboard=False, wandb_project="p")
+
+
+def test_remote_workdir_gets_the_files_on_schedule_and_on_close(fake_gcs):
+    bucket = fake_gcs / "b" / "run"
+    writer = MetricsWriter("gs://b/run", upload_interval_s=3600)
+    writer.write(1, {"loss": 1.0})
+    assert not (bucket / "metrics.jsonl").exists()  # not due yet
+    writer.write(2, {"loss": 2.0})
+    writer.close()
+    assert [r["step"] for r in read_metrics("gs://b/run")] == [1, 2]
+    assert list((bucket / "tensorboard").glob("events.out.tfevents.*"))
+
+    resumed = MetricsWriter("gs://b/run", tensorboard=False, upload_interval_s=0)
+    assert resumed.truncate_after(1) == 1  # the resumed run's log continues at step 1
+    resumed.write(2, {"loss": 20.0})
+    assert [(r["step"], r["loss"]) for r in read_metrics("gs://b/run")] == [(1, 1.0), (2, 20.0)]
+    resumed.close()

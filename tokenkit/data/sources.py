@@ -15,6 +15,10 @@ Every source yields records normalised to `{"text": str}` or `{"messages": [{"ro
   JSON-serialisable; a restore continues exactly without replaying the stream from its
   start (see each class for how).
 
+JSONL and Parquet files (and their glob patterns) and saved datasets may be remote
+(`gs://bucket/data/*.jsonl`, see `tokenkit.storage`); a remote JSONL record is one
+ranged read.
+
 `Tagged` adds fixed fields (`lang_code`) to a source's records; `Mixture` combines
 sources with sampling weights (the pipeline mixes them with Grain). `make_source` builds
 any of these from Gin settings and refuses settings its `kind` does not use.
@@ -22,6 +26,7 @@ any of these from Gin settings and refuses settings its `kind` does not use.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import glob
@@ -38,6 +43,7 @@ import grain
 import numpy as np
 from absl import logging
 
+from tokenkit import storage
 from tokenkit.progress import Progress
 
 ROLES = ("system", "user", "assistant")
@@ -91,10 +97,10 @@ class JsonlSource(grain.sources.RandomAccessDataSource):
         self.paths = _expand(paths)
         offsets, files, lengths = [], [], []
         self.skipped: list[str] = []
-        total_bytes = sum(p.stat().st_size for p in self.paths)
+        total_bytes = sum(_size(p) for p in self.paths)
         progress = Progress(total_bytes, "indexing JSONL", unit="B", every_s=10)
         for file_index, path in enumerate(self.paths):
-            with open(path, "rb") as f:
+            with path.open("rb") as f:
                 offset = 0
                 for line_number, line in enumerate(f, start=1):
                     progress.update(len(line))
@@ -131,7 +137,7 @@ class JsonlSource(grain.sources.RandomAccessDataSource):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[int(self._files[index])]
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             f.seek(int(self._offsets[index]))
             return json.loads(f.read(int(self._lengths[index])))
 
@@ -143,14 +149,13 @@ class ParquetSource(grain.sources.RandomAccessDataSource):
     """Random access over the rows of Parquet files (one row group in memory at a time)."""
 
     def __init__(self, paths: Sequence[str | Path] | str, *, columns: Sequence[str] | None = None):
-        import pyarrow.parquet as pq
-
         self.paths = _expand(paths)
         self.columns = list(columns) if columns else None
         self._index: list[tuple[int, int, int]] = []  # (file, row group, rows before)
         starts = [0]
         for file_index, path in enumerate(self.paths):
-            meta = pq.ParquetFile(path).metadata
+            with _parquet_file(path) as parquet:
+                meta = parquet.metadata
             for group in range(meta.num_row_groups):
                 self._index.append((file_index, group, starts[-1]))
                 starts.append(starts[-1] + meta.row_group(group).num_rows)
@@ -161,14 +166,11 @@ class ParquetSource(grain.sources.RandomAccessDataSource):
         return int(self._starts[-1])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        import pyarrow.parquet as pq
-
         group_pos = int(np.searchsorted(self._starts, index, side="right") - 1)
         if self._cache is None or self._cache[0] != group_pos:
             file_index, group, _ = self._index[group_pos]
-            table = pq.ParquetFile(self.paths[file_index]).read_row_group(
-                group, columns=self.columns
-            )
+            with _parquet_file(self.paths[file_index]) as parquet:
+                table = parquet.read_row_group(group, columns=self.columns)
             self._cache = (group_pos, table.to_pylist())
         record = self._cache[1][index - int(self._starts[group_pos])]
         return validate_record(record)
@@ -230,7 +232,7 @@ class HFSavedSource(_HFRows):
             raise ValueError("HFSavedSource needs at least one directory in `paths`.")
         parts = []
         for path in paths:
-            if not Path(path).is_dir():
+            if not storage.path(path).is_dir():
                 raise FileNotFoundError(f"Saved dataset directory {str(path)!r} does not exist.")
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, datasets.DatasetDict):
@@ -725,12 +727,48 @@ def first_record(source: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- Gin
 
 
-def _expand(paths: Sequence[str | Path] | str) -> list[Path]:
-    """Files named by paths or glob patterns (relative to the working directory)."""
+def _size(path: Path | storage.epath.Path) -> int:
+    stat = path.stat()
+    return stat.st_size if hasattr(stat, "st_size") else stat.length
+
+
+@contextlib.contextmanager
+def _parquet_file(path: Path | storage.epath.Path) -> Iterator[Any]:
+    """A `pyarrow.parquet.ParquetFile` of a local or remote file."""
+    import pyarrow.parquet as pq
+
+    if isinstance(path, Path):
+        yield pq.ParquetFile(path)
+        return
+    with path.open("rb") as f:
+        yield pq.ParquetFile(f)
+
+
+def _expand_remote(pattern: str) -> list[storage.epath.Path]:
+    """Files named by a remote URL or URL pattern (`gs://bucket/data/*.jsonl`)."""
+    path = storage.path(pattern)
+    if not any(c in pattern for c in "*?["):
+        if not path.is_file():
+            raise FileNotFoundError(f"Data file {pattern!r} does not exist.")
+        return [path]
+    parts = pattern.split("/")
+    first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    matches = sorted(storage.path("/".join(parts[:first])).glob("/".join(parts[first:])), key=str)
+    if not matches:
+        raise FileNotFoundError(f"No files match {pattern!r}.")
+    return matches
+
+
+def _expand(paths: Sequence[str | Path] | str) -> list[Path | storage.epath.Path]:
+    """Files named by paths or glob patterns (relative to the working directory), local
+    or remote (`gs://...`, see `tokenkit.storage`)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    out: list[Path] = []
+    out: list[Path | storage.epath.Path] = []
     for p in paths:
+        if storage.is_remote(p):
+            out.extend(_expand_remote(str(p)))
+            continue
         p = Path(p).expanduser()
         if any(c in str(p) for c in "*?["):
             matches = sorted(glob.glob(str(p), recursive=True))

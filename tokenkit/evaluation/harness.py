@@ -25,7 +25,7 @@ from absl import logging
 from lm_eval.tasks import TaskManager
 from lm_eval.utils import handle_non_serializable, make_table
 
-from tokenkit import entry
+from tokenkit import entry, storage
 from tokenkit.byteify import ByteifyTokenizer
 from tokenkit.evaluation import ensemble, generate
 from tokenkit.evaluation.lm import TokenkitLM
@@ -132,19 +132,22 @@ def run_tasks(
     return results
 
 
-def write_results(results: Mapping[str, Any], output_dir: str | Path) -> Path:
+def write_results(results: Mapping[str, Any], output_dir: storage.Location) -> storage.epath.Path:
     """Writes `lm_eval_results.json` (everything but the samples) and, when present,
-    one `samples_<task>.jsonl` per task."""
-    out = Path(output_dir)
+    one `samples_<task>.jsonl` per task, into a local or remote directory. In a
+    multi-process run only process 0 writes (every process holds the same results)."""
+    out = storage.path(output_dir)
+    path = out / RESULTS_FILE
+    if entry.process_index() != 0:
+        return path
     out.mkdir(parents=True, exist_ok=True)
     summary = {k: v for k, v in results.items() if k != "samples"}
-    path = out / RESULTS_FILE
     path.write_text(
         json.dumps(summary, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n",
         encoding="utf-8",
     )
     for task, samples in (results.get("samples") or {}).items():
-        with open(out / f"samples_{task}.jsonl", "w", encoding="utf-8") as f:
+        with (out / f"samples_{task}.jsonl").open("w", encoding="utf-8") as f:
             for sample in samples:
                 f.write(json.dumps(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
     logging.info("Wrote lm-eval results to %s", path)

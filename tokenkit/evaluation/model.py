@@ -103,7 +103,7 @@ def load_eval_model(
         spec of its tokenizer (upstream `expand_model.pretrained_model_name_or_path`,
         `expand_model.tokenizer_name`). Both or neither; not needed for tokenkit's
         exports, which carry their expansion (`models.hf_expansion`).
-      mesh: place the parameters on this mesh (default: the first device).
+      mesh: place the parameters on this mesh (default: this process's first device).
     """
     if (expand_model is None) != (expand_tokenizer is None):
         raise ValueError(

@@ -349,8 +349,8 @@ def load_pretrained(
 
     Args:
       path_or_hub_id: a local directory, a `.gguf` file (dequantized) or a hub id (`org/name`).
-      mesh: place each parameter with its sharding on this mesh; None puts them on the
-        first device.
+      mesh: place each parameter with its sharding on this mesh; None puts them on this
+        process's first device.
       rules: logical axis rules (default: `sharding.DEFAULT_RULES`).
       dtype: parameter dtype (default float32); None keeps each tensor's stored dtype.
       revision: hub revision, for hub ids.
@@ -409,7 +409,7 @@ def _load_params(config, ckpt: _Checkpoint, mesh, rules, dtype) -> dict:
         if shardings is not None:
             sharding = _get(shardings, leaf.path)
         else:
-            sharding = SingleDeviceSharding(jax.devices()[0])
+            sharding = SingleDeviceSharding(jax.local_devices()[0])
         stored = ckpt.slice(first).get_dtype()
         arr_dtype = target if target is not None else _np_dtype(stored)
         callback = _make_callback(leaf, ckpt, rename, shape, arr_dtype)

@@ -459,7 +459,7 @@ def load_params(
         ]
         shape = ((len(layers),) if leaf.layered else ()) + layers[0].shape
         arr_dtype = target if target is not None else layers[0].dtype
-        sharding = _get(shardings, leaf.path) if shardings is not None else SingleDeviceSharding(jax.devices()[0])
+        sharding = _get(shardings, leaf.path) if shardings is not None else SingleDeviceSharding(jax.local_devices()[0])
 
         def callback(index: tuple, layers=layers, leaf=leaf, shape=shape, arr_dtype=arr_dtype) -> np.ndarray:
             s = _norm_slices(index, shape)
