@@ -5,6 +5,7 @@ docs/hypernet.md.
     python tools/benchmarks/zett_hn.py smollm2 [--workdir W]   # the real SmolLM2-135M
     python tools/benchmarks/zett_hn.py sampler                 # tokenizers/s, tokens/s
     python tools/benchmarks/zett_hn.py throughput [--workers 1,2]   # step time, data wait
+    python tools/benchmarks/zett_hn.py hn_step [--shapes VxSxNxD,...]  # the network alone, any device
 
 `tiny` trains the hypernetwork of `experiments/zett_hn_tiny.gin` (unless `W/hn/hypernet`
 exists), then scores, on the text records of `data/corpus/test.jsonl` (held out: neither
@@ -308,6 +309,42 @@ def throughput(args) -> None:
         print(f"| {workers} | {sps:.3f} | {tps:,.0f} | {100 * wait:.1f}% |", flush=True)
 
 
+def hn_step(args) -> None:
+    """Forward + backward of the hypernetwork over a whole vocabulary, on the default device."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from tokenkit.models import hypernet as H
+
+    print(f"device: {jax.devices()[0].device_kind}")
+    print("| config | V x S | n x D | dtype | ms forward+backward | predicted rows/s |")
+    print("|---|---|---|---|---|---|")
+    standard = dict(num_layers=3, num_heads=16, use_attention_mask=False, residual_alpha=1.0,
+                    multiply_hidden_dim_by_num_embeddings=False)
+    distill = dict(num_layers=1, use_attention=False, residual_alpha=1.0)
+    cases = [(name, config, int(v), int(s), int(n), int(d))
+             for name, config in (("standard", standard), ("distill", distill))
+             for v, s, n, d in (part.split("x") for part in args.shapes.split(","))
+             if (name == "distill") == (s == "1")]
+    for name, options, v, s, n, d in cases:
+        module = H.Hypernet(H.HypernetConfig(**options), d, n, s, jnp.dtype(args.dtype))
+        rng = np.random.default_rng(0)
+        source = jnp.asarray(rng.normal(size=(v, n, d)), jnp.float32)
+        params = H.init_params(module, source[:4096])
+        parts = jnp.asarray(rng.integers(0, v, (v, s)), jnp.int32)
+        mask = jnp.asarray(rng.random((v, s)) < 0.4).at[:, 0].set(True)
+        copied = jnp.zeros(v, bool)
+        grad = jax.jit(jax.grad(lambda p: jnp.sum(H.predict(module, p, source, parts, mask, copied))))
+        jax.block_until_ready(grad(params))
+        start = time.perf_counter()
+        for _ in range(args.repeats):
+            out = grad(params)
+        jax.block_until_ready(out)
+        ms = 1000 * (time.perf_counter() - start) / args.repeats
+        print(f"| {name} | {v} x {s} | {n} x {d} | {args.dtype} | {ms:.1f} | {v / ms * 1000:,.0f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -323,12 +360,19 @@ def main() -> None:
     p = sub.add_parser("throughput")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--workers", default="1,2")
+    p = sub.add_parser("hn_step")
+    p.add_argument("--shapes", default="1024x6x1x256,32896x8x2x2048,1024x8x2x2048,128256x1x1x2048",
+                   help="VxSxNxD, comma-separated (S = 1: the distillation network)")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--repeats", type=int, default=5)
     p = sub.add_parser("sampler")
     p.add_argument("--batches", type=int, default=50)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--real", action="store_true", help="also the SmolLM2 case (tools.real_assets)")
     args = parser.parse_args()
-    {"tiny": tiny, "smollm2": smollm2, "sampler": sampler, "throughput": throughput}[args.what](args)
+    commands = {"tiny": tiny, "smollm2": smollm2, "sampler": sampler, "throughput": throughput,
+                "hn_step": hn_step}
+    commands[args.what](args)
 
 
 if __name__ == "__main__":
