@@ -117,14 +117,13 @@ class ProcessGroup:
         for proc in self.procs:
             proc.wait()
 
-    def wait(self, timeout: float | None = None) -> list[ProcessResult]:
-        """Waits for every process; when one fails the others get `grace` seconds to
+    def wait(self, timeout: float | None = None, *, grace_s: float = 60.0) -> list[ProcessResult]:
+        """Waits for every process; when one fails the others get `grace_s` seconds to
         follow before they are killed (a failed peer would otherwise leave them blocked
         in a collective). Past `timeout` seconds all are killed and TimeoutError raised.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         failed_at = None
-        grace = 60.0
         while any(p.poll() is None for p in self.procs):
             now = time.monotonic()
             if deadline is not None and now > deadline:
@@ -135,7 +134,7 @@ class ProcessGroup:
                 )
             if failed_at is None and any(p.poll() not in (None, 0) for p in self.procs):
                 failed_at = now
-            if failed_at is not None and now - failed_at > grace:
+            if failed_at is not None and now - failed_at > grace_s:
                 self.kill()
             time.sleep(0.2)
         self.close()
@@ -235,11 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = group.wait(args.timeout)
     for r in results:
         print(f"process {r.process_id}: exit {r.returncode} ({r.log_file})", file=sys.stderr)
-    failed = [r.returncode for r in results if r.returncode != 0]
-    if failed:
-        print(f"--- last lines of process {results[0].process_id} ---\n"
-              + "\n".join(results[0].log.splitlines()[-20:]), file=sys.stderr)
-    return failed[0] if failed else 0
+    failed = [r for r in results if r.returncode != 0]
+    if not failed:
+        return 0
+    print(f"--- last lines of process {failed[0].process_id} ---\n"
+          + "\n".join(failed[0].log.splitlines()[-20:]), file=sys.stderr)
+    return failed[0].returncode
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
-"""Two real JAX processes (`jax.distributed` on the CPU, two devices each) build the same
-pipeline for every source kind; their records must be disjoint and together equal a
-one-process run's. The processes run this file as a script (`_worker`), with no
-process index or count passed to the data code: it takes them from JAX.
+"""Two real JAX processes (`jax.distributed` on the CPU, two devices each, started by
+`tools/multiprocess.py`) build the same pipeline for every source kind; their records
+must be disjoint and together equal a one-process run's. The processes run this file as
+a script (`_worker`), with no process index or count passed to the data code: it takes
+them from JAX.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tools import multiprocess
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 7
@@ -90,49 +90,31 @@ def read_ids(settings: dict, cache_dir: str, **kwargs) -> list[int]:
     return [int(i) for batch in batches for i in batch["id"]]
 
 
-def _worker(process_id: int, port: int, specs_file: str, out_file: str) -> None:
+def _worker(specs_file: str, out_pattern: str) -> None:
     import jax
 
-    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=PROCESSES,
-                               process_id=process_id)
+    from tokenkit import entry
+
+    entry.maybe_initialize_distributed()  # from the group's JAX_* variables
+    out_file = out_pattern.format(process_id=jax.process_index())
     specs = json.loads(Path(specs_file).read_text())
     out = {"process": [jax.process_index(), jax.process_count(), jax.local_device_count()]}
     for name, settings in specs.items():
-        out[name] = read_ids(settings, cache_dir=str(Path(out_file).parent / f"cache{process_id}"))
+        out[name] = read_ids(settings, cache_dir=str(Path(out_file).parent / f"cache{jax.process_index()}"))
     Path(out_file).write_text(json.dumps(out))
     jax.distributed.shutdown()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def run_two_processes(tmp_path: Path, specs: dict[str, dict]) -> list[dict]:
     """Runs `_worker` in two processes joined by `jax.distributed`; their outputs."""
     specs_file = tmp_path / "specs.json"
     specs_file.write_text(json.dumps(specs))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-    port = _free_port()
-    outs = [tmp_path / f"process{i}.json" for i in range(PROCESSES)]
-    procs = [
-        subprocess.Popen([sys.executable, __file__, str(i), str(port), str(specs_file), str(outs[i])],
-                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(PROCESSES)
-    ]
-    logs = []
-    for proc in procs:
-        try:
-            logs.append(proc.communicate(timeout=600)[0])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
-    for proc, log in zip(procs, logs):
-        assert proc.returncode == 0, log[-4000:]
-    return [json.loads(o.read_text()) for o in outs]
+    pattern = str(tmp_path / "process{process_id}.json")
+    results = multiprocess.run([sys.executable, __file__, str(specs_file), pattern],
+                               num_processes=PROCESSES, devices_per_process=2,
+                               log_dir=tmp_path / "logs", timeout=600)
+    multiprocess.check(results)
+    return [json.loads(Path(pattern.format(process_id=i)).read_text()) for i in range(PROCESSES)]
 
 
 def _check_split(specs: dict[str, dict], results: list[dict], tmp_path: Path) -> None:
@@ -159,4 +141,4 @@ def test_two_jax_processes_read_disjoint_shards_of_a_seqio_task(tmp_path):
 
 
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    _worker(sys.argv[1], sys.argv[2])

@@ -256,6 +256,9 @@ def train(
     # This process reads the rows of each global batch that its devices hold.
     rows = jax.ShapeDtypeStruct((data_config.batch_size,), jnp.int32)
     shard = multihost.data_shard(batch_shardings(mesh, rows, run.rules), rows.shape)
+    if jax.process_count() > 1:
+        logging.info("Process %d of %d reads part %d of %d of every global batch.",
+                     jax.process_index(), jax.process_count(), shard[0] + 1, shard[1])
     dataset, example = build_data(
         data_config, student=run.student.tokenizer,
         teacher=None if run.teacher is None else run.teacher.tokenizer,
