@@ -130,3 +130,24 @@ def test_a_run_with_its_workdir_and_data_in_the_bucket(fake_gcs, tmp_path, monke
     written = (local_path("gs://bucket/scores") / score.OUTPUT_FILE).read_text().splitlines()
     assert [json.loads(line) for line in written] == records and len(records) == 2
     assert not any(p.name.startswith("gs:") for p in tmp_path.iterdir())
+
+
+def test_the_launcher_accepts_the_same_urls():
+    from tools import launch
+
+    assert launch.REMOTE_WORKDIRS == storage.REMOTE_SCHEMES
+
+
+def test_a_missing_filesystem_package_is_named(monkeypatch):
+    import fsspec
+
+    def missing(kind):
+        raise ImportError(f"no implementation for {kind}")
+
+    storage._require_backend.cache_clear()
+    monkeypatch.setattr(fsspec, "get_filesystem_class", missing)
+    try:
+        with pytest.raises(ImportError, match="s3:// locations need the s3fs package"):
+            storage.path("s3://bucket/run")
+    finally:
+        storage._require_backend.cache_clear()

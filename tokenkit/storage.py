@@ -8,11 +8,11 @@ local (`/data/run`, `runs/x`) or remote (`gs://bucket/run`, also `s3://`, `az://
 `gs://` directly. `pathlib.Path("gs://bucket/run")` would silently become the local
 directory `gs:/bucket/run`; code that may see a remote location never calls it.
 
-Remote files are reached through epath's backends: TensorFlow's `tf.io.gfile` when
-TensorFlow is installed (set `EPATH_USE_TF=false` to prefer fsspec), else fsspec
-(`gcsfs` for `gs://`, `s3fs` for `s3://`). Orbax writes checkpoint arrays to `gs://`
-with TensorStore's own GCS driver and deletes old checkpoints there with
-`google-cloud-storage`.
+Remote files are reached through epath's backends: TensorFlow's `tf.io.gfile` for
+`gs://` when TensorFlow is installed (set `EPATH_USE_TF=false` to prefer fsspec), else
+fsspec (`gcsfs` for `gs://`, `s3fs` for `s3://`; a missing one is named on first use).
+Orbax writes checkpoint arrays to `gs://` with TensorStore's own GCS driver and deletes
+old checkpoints there with `google-cloud-storage`.
 
 Writers that need a local file (safetensors, tokenizers, TensorBoard event files)
 write into `staged_directory(location)`: the location itself when local, else a
@@ -22,6 +22,8 @@ temporary directory uploaded when the block ends.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -72,7 +74,28 @@ def path(location: Location) -> epath.Path:
             f"Unsupported location {text!r}: the scheme {kind}:// is not one of "
             f"{', '.join(s + '://' for s in REMOTE_SCHEMES)} (or a local path)."
         )
+    _require_backend(kind)
     return epath.Path(text)
+
+
+# fsspec implementations epath needs for each scheme when TensorFlow is absent.
+_FSSPEC_PACKAGES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
+
+
+@functools.cache
+def _require_backend(kind: str) -> None:
+    """Raises ImportError naming the package a `kind://` location needs, when missing."""
+    if kind == "gs" and importlib.util.find_spec("tensorflow") is not None:
+        return  # epath reads gs:// through tf.io.gfile
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(kind)
+    except (ImportError, ValueError) as e:
+        raise ImportError(
+            f"{kind}:// locations need the {_FSSPEC_PACKAGES[kind]} package "
+            f"(pip install {_FSSPEC_PACKAGES[kind]}): {e}"
+        ) from e
 
 
 def write_text(location: Location, text: str) -> epath.Path:

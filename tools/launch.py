@@ -54,6 +54,9 @@ REMOTE = "tokenkit"  # relative to the remote user's home directory
 ENTRYPOINTS = ("train", "zett", "eval", "eval_lockstep", "score")
 REQUIREMENTS = {"tpu": "third_party/requirements-tpu.txt", "gpu": "third_party/requirements-cuda.txt"}
 DEFAULT_PORT = 8476
+# URL schemes a workdir may have (tokenkit.storage.REMOTE_SCHEMES; this program does not
+# import the package).
+REMOTE_WORKDIRS = ("gs", "s3", "az", "hf")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VM_ABSENT = ("NOT_FOUND", "not found", "was not found")
 
@@ -168,11 +171,12 @@ def make_experiment(args: argparse.Namespace, repo: Path, commit: str) -> Experi
         check_in_commit(repo, commit, gin_file, "Gin file")
     if not args.workdir:
         raise LaunchError("Give --workdir: where checkpoints, metrics and the export go on the hosts.")
-    if re.match(r"^[a-z0-9]+://", args.workdir):
+    scheme = re.match(r"^([a-z0-9]+)://", args.workdir)
+    if scheme and scheme.group(1) not in REMOTE_WORKDIRS:
         raise LaunchError(
-            f"--workdir {args.workdir!r}: the trainer writes through local paths, so a URL would "
-            "become a local directory on each host. Mount the bucket (e.g. gcsfuse) or an NFS "
-            "share at the same path on every host and give that path (see docs/pods.md)."
+            f"--workdir {args.workdir!r}: tokenkit writes to local paths and to "
+            f"{', '.join(s + '://' for s in REMOTE_WORKDIRS)} URLs (tokenkit/storage.py); give "
+            "one of those, or a directory every host sees at the same path (see docs/pods.md)."
         )
     parse_env(args.env)
     return Experiment(tuple(args.gin_file), tuple(args.gin_param), args.workdir, args.entrypoint,

@@ -414,7 +414,7 @@ def test_gcloud_missing_is_a_clear_error(world, tmp_path):
          "Gin file 'experiments/missing.gin' is not in commit"),
         (["--gin_file=experiments/exp.gin", "--gin_file=experiments/new.gin", "--workdir=/w"],
          "'experiments/new.gin' is not in commit .* \\(it exists here but is not committed\\)"),
-        (["--gin_file=experiments/exp.gin", "--workdir=gs://bucket/run"], "writes through local paths"),
+        (["--gin_file=experiments/exp.gin", "--workdir=memory://bucket/run"], "and to gs://, s3://"),
         (["--gin_file=experiments/exp.gin", "--workdir=/w", "--entrypoint=nope"], "--entrypoint 'nope' unknown"),
         (["--gin_file=experiments/exp.gin", "--workdir=/w", "--env=NOEQUALS"], "must be NAME=VALUE"),
         (["--workdir=/w"], "at least one --gin_file"),

@@ -13,6 +13,7 @@ them: each process writes its shards of the arrays, process 0 the metadata).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -40,6 +41,11 @@ class Checkpointer:
 
     def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True) -> None:
         self.directory = storage.path(workdir) / CHECKPOINT_DIR
+        if storage.scheme(self.directory) == "gs" and not _installed("google.cloud.storage"):
+            logging.warning(
+                "Orbax deletes checkpoints beyond keep=%d on gs:// with google-cloud-storage, "
+                "which is not installed: pip install google-cloud-storage.", keep,
+            )
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -99,6 +105,13 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def abstract_like(tree: Any) -> Any:
