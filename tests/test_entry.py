@@ -9,6 +9,7 @@ from pathlib import Path
 import gin
 import pytest
 
+from tests.fake_gcs import fake_gcs  # noqa: F401  (fixture)
 from tokenkit import entry
 from tools import build_file
 
@@ -112,6 +113,19 @@ def test_operative_config_is_saved(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     config = (workdir / entry.OPERATIVE_CONFIG_NAME).read_text()
     assert "info.show_devices = False" in config
+
+
+@gin.configurable
+def _remote_probe(value: int = 1) -> int:
+    return value
+
+
+def test_operative_config_goes_to_a_remote_workdir(fake_gcs):
+    entry.parse_gin([], ["_remote_probe.value = 3"])
+    assert _remote_probe() == 3
+    path = entry.save_operative_config("gs://bucket/run")
+    assert str(path) == "gs://bucket/run/operative_config.gin"
+    assert "_remote_probe.value = 3" in (fake_gcs / "bucket" / "run" / "operative_config.gin").read_text()
 
 
 def test_positional_arguments_are_refused():
