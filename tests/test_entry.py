@@ -192,3 +192,29 @@ def test_an_entrypoint_fills_the_persistent_compilation_cache(tmp_path):
         check=True, env=env, cwd=tmp_path, capture_output=True,
     )
     assert any(p.name.startswith("jit__score_batch") for p in cache.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", [True, False])
+def test_sigterm_with_and_without_the_preemption_service(tmp_path, service):
+    """Two processes: with JAX's preemption service (the trainer) SIGTERM only raises
+    its flag; without it (score, eval, export) SIGTERM ends the processes."""
+    import signal
+    import time
+
+    from tools import multiprocess
+
+    code = ("import sys, time\nfrom tokenkit import entry\n"
+            f"entry.maybe_initialize_distributed(preemption_service={service})\n"
+            "print('ready', flush=True)\ntime.sleep(300)\n")
+    group = multiprocess.start([sys.executable, "-c", code], log_dir=tmp_path)
+    deadline = time.monotonic() + 120
+    while not all("ready" in group.log(i) for i in range(2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in group.procs)
+        time.sleep(0.2)
+    group.send_signal(signal.SIGTERM)
+    time.sleep(3)
+    alive = [p.poll() is None for p in group.procs]
+    group.kill()
+    group.close()
+    assert alive == [service, service]

@@ -158,11 +158,18 @@ def is_multiprocess_environment(environ: dict[str, str] | None = None) -> bool:
     return False
 
 
-def maybe_initialize_distributed() -> bool:
-    """Calls `jax.distributed.initialize()` when running as one of several processes."""
+def maybe_initialize_distributed(*, preemption_service: bool = True) -> bool:
+    """Calls `jax.distributed.initialize()` when running as one of several processes.
+
+    `preemption_service`: keep JAX's preemption service, which catches SIGTERM in any
+    process so that all stop at the same step (the trainer saves there); without it a
+    SIGTERM ends the process, which is what an entrypoint that does not train wants.
+    """
     if not is_multiprocess_environment():
         return False
     import jax
+
+    jax.config.update("jax_enable_preemption_service", preemption_service)
 
     logging.info("Multi-process environment detected: initialising jax.distributed.")
     # jax reads JAX_COORDINATOR_ADDRESS itself but not the process count and id, which a
@@ -236,6 +243,7 @@ def run(
     shorthands: Mapping[str, str] | None = None,
     base_gin_files: Callable[[str | None], Sequence[str]] | None = None,
     save_config: bool = True,
+    preemption_service: bool = True,
 ) -> None:
     """Runs an entrypoint: parse flags and Gin, then `main(workdir=...)`.
 
@@ -252,6 +260,8 @@ def run(
     `base_gin_files(workdir_flag)` names Gin files parsed before `--gin_file` (e.g. the
     operative config of the run an entrypoint reads); `save_config=False` leaves the
     workdir's operative config alone (for entrypoints that read a run's workdir).
+    `preemption_service=False` lets SIGTERM end a multi-process run that does not train
+    (see `maybe_initialize_distributed`).
     """
 
     _define_flags()
@@ -278,7 +288,7 @@ def run(
             sys.exit(2)
         logging.get_absl_handler().addFilter(_QuietLibraries())
         enable_compilation_cache()
-        maybe_initialize_distributed()
+        maybe_initialize_distributed(preemption_service=preemption_service)
         workdir = storage.path(workdir_flag) if workdir_flag else None
         if workdir is not None and process_index() == 0:
             workdir.mkdir(parents=True, exist_ok=True)

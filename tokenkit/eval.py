@@ -26,4 +26,4 @@ def main(workdir: storage.Location | None = None) -> None:
 
 
 if __name__ == "__main__":
-    entry.run(main)
+    entry.run(main, preemption_service=False)

@@ -51,4 +51,5 @@ def main(workdir: storage.epath.Path | None) -> None:
 
 
 if __name__ == "__main__":
-    entry.run(main, workdir_required=True, base_gin_files=operative_config, save_config=False)
+    entry.run(main, workdir_required=True, base_gin_files=operative_config, save_config=False,
+              preemption_service=False)

@@ -163,4 +163,4 @@ SHORTHANDS = {
 }
 
 if __name__ == "__main__":
-    entry.run(main, shorthands=SHORTHANDS)
+    entry.run(main, shorthands=SHORTHANDS, preemption_service=False)
