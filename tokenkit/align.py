@@ -101,9 +101,11 @@ class SlotKey:
 def slot_keys(family: Any, other: Any) -> tuple[SlotKey, ...]:
     """Slot keys of `family` when aligned against `other`, in matching order.
 
-    Keys are tried in slot order; a token run filling several slots (Llama 3's eos and
-    eot are both `<|eot_id|>`) is one key, at its first slot's place, with the value of
-    its last slot.
+    A token run filling several slots (Llama 3's eos and eot are both `<|eot_id|>`) is
+    one key, with the value of its last slot. Keys are tried longest first (then in slot
+    order): where one key's run starts another's (SmolLM2's eos `<|im_end|>` and end of
+    turn `<|im_end|>Ċ`), the shorter key would otherwise match inside the longer run,
+    and the two sides' slot runs (each family's end of turn) would no longer line up.
     """
     keys: dict[tuple[str, ...], tuple[str, ...] | None] = {}
     other_slots = other.replacements
@@ -113,7 +115,8 @@ def slot_keys(family: Any, other: Any) -> tuple[SlotKey, ...]:
         theirs = other_slots[marker]
         tokens = tuple(tokens)
         keys[tokens] = None if theirs is None else (_SLOT_NORMALIZED_CHAR * len(theirs),) * len(tokens)
-    return tuple(SlotKey(tokens, normalized) for tokens, normalized in keys.items())
+    ordered = sorted(keys.items(), key=lambda item: -len(item[0]))  # stable: slot order among equals
+    return tuple(SlotKey(tokens, normalized) for tokens, normalized in ordered)
 
 
 def _match_slot_key(tokens: Sequence[str], index: int, keys: Sequence[SlotKey]) -> SlotKey | None:
@@ -623,7 +626,7 @@ def _prepend_spaces(side, vocab, index, count):
 
 @_jit
 def _find_keys(side, vocab):
-    """Sets `side.keys`: the first slot key (in key order) whose tokens start at each token."""
+    """Sets `side.keys`: the first slot key (in key order: longest first) whose tokens start at each token."""
     slot_token, keys = side.slot_token, side.keys
     key_tokens, key_offsets = vocab.key_tokens, vocab.key_offsets
     n = len(slot_token)

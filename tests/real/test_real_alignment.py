@@ -161,3 +161,28 @@ def test_template_words_in_text_against_a_family_without_the_slot(tokenizers):
     assert aligner.dropped_spans > 0
     user = a.convert_ids_to_tokens(ids_a).index("user")
     assert (out.chunks_a[0][1:user] >= 0).all() and (out.chunks_a[0][user:] == -1).all()
+
+
+# The families whose templates fill the same slots (header start, role name, header end,
+# end of turn): Phi-3 (no header start, system as user), GPT-2 and Llama 2 render other
+# texts, whose differing bytes are dropped by design.
+SAME_SLOTS = ("llama3", "qwen2", "smollm2")
+
+
+@pytest.mark.parametrize("name_a, name_b", list(itertools.product(SAME_SLOTS, SAME_SLOTS)))
+def test_one_conversation_on_both_sides_drops_no_span(tokenizers, name_a, name_b):
+    """A conversation rendered by each side's family is one text: no span of it may be
+    dropped as two different byte strings. (SmolLM2's eos `<|im_end|>` starts its end of
+    turn `<|im_end|>Ċ`; matched first, it cut every turn against Qwen2's ChatML.)"""
+    a, b = tokenizers[name_a], tokenizers[name_b]
+    messages = [[("system", "Be brief."), ("user", "Which city is the capital of Italy?"),
+                 ("assistant", "Rome is the capital of Italy.")], [("user", "Hi"), ("assistant", "Hello!")]]
+    rows_a = [_prompt_ids(a, m, False) for m in messages]
+    rows_b = [_prompt_ids(b, m, False) for m in messages]
+    ids_a, mask_a = pad_batch(rows_a, max(map(len, rows_a)), pad_id=a.pad_token_id)
+    ids_b, mask_b = pad_batch(rows_b, max(map(len, rows_b)), pad_id=b.pad_token_id)
+    aligner = align.Aligner(a, b)
+    out = aligner.chunk_ids(ids_a, ids_b, mask_a, mask_b, kinds=("unconstrained",))["unconstrained"]
+    assert aligner.dropped_spans == 0
+    # system, user and assistant turns (or user and assistant): words and slot runs
+    assert (out.num_chunks >= [20, 8]).all()
