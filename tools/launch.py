@@ -51,7 +51,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 REMOTE = "tokenkit"  # relative to the remote user's home directory
-ENTRYPOINTS = ("train", "zett", "eval", "eval_lockstep", "score")
+ENTRYPOINTS = ("train", "train_zett_hn", "zett", "eval", "eval_lockstep", "score", "export")
 REQUIREMENTS = {"tpu": "third_party/requirements-tpu.txt", "gpu": "third_party/requirements-cuda.txt"}
 DEFAULT_PORT = 8476
 # URL schemes a workdir may have (tokenkit.storage.REMOTE_SCHEMES; this program does not
