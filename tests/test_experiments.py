@@ -18,7 +18,8 @@ REAL_SCALE = {
     "gemma2_distill_from_openmath2_llama_gpu.gin",
 }
 # On the real assets (tools/real_assets.py puts them into the user's cache).
-REAL_ASSETS = {"smollm2_to_qwen2.gin", "smollm2_to_bytes.gin"}
+REAL_ASSETS = {"smollm2_to_qwen2.gin", "smollm2_to_bytes.gin", "smollm2_to_qwen2_gpu.gin",
+               "smollm2_to_qwen2_tpu.gin", "smollm2_to_bytes_gpu.gin"}
 
 
 @pytest.fixture(autouse=True)
@@ -100,3 +101,16 @@ def test_real_asset_experiments_name_the_cache_and_repo_data(name):
     for scope in ("prose", "eval_prose"):
         for path in gin.query_parameter(f"{scope}/make_source.paths"):
             assert (REPO / path).exists(), path
+
+
+def test_real_scale_smollm2_variants_scale_the_cpu_files():
+    entry.parse_gin(["experiments/smollm2_to_qwen2_tpu.gin"], finalize=False)
+    assert gin.query_parameter("train.n_model_parallel") == 8
+    assert gin.query_parameter("DataConfig.batch_size") == 64
+    assert gin.query_parameter("build_run.dtype") == "bfloat16"
+    assert gin.query_parameter("train.losses") == ["sft", "alm_unconstrained"]
+    gin.clear_config()
+    entry.parse_gin(["experiments/smollm2_to_bytes_gpu.gin"], finalize=False)
+    assert gin.query_parameter("DataConfig.max_student_length") == 2048
+    assert gin.query_parameter("build_run.expand_input_ids") is True
+    assert gin.query_parameter("train.losses") == ["sft", "alm_unconstrained", "alm_latents"]
