@@ -71,6 +71,8 @@ def write_llama_gguf(model_dir: Path, out: Path, quantize: bool = False) -> Path
     writer.add_token_merges([" ".join(m) for m in tok["model"]["merges"]])
     writer.add_bos_token_id(tokens.index("<|begin_of_text|>"))
     writer.add_eos_token_id(tokens.index("<|eot_id|>"))
+    if config.get("pad_token_id") is not None:
+        writer.add_pad_token_id(config["pad_token_id"])
     writer.add_chat_template((model_dir / "chat_template.jinja").read_text())
 
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
