@@ -100,3 +100,20 @@ def test_lm_eval_command_line_knows_tokenkit(checkpoints, tmp_path):
     assert "tiny_world_mc" in result.stdout and "acc" in result.stdout
     (written,) = tmp_path.rglob("results_*.json")
     assert 0 <= _metrics(written)["tiny_world_mc"]["acc,none"] <= 1
+
+
+def test_eval_lockstep_runs_the_shipped_pivot_ensemble(tmp_path):
+    """gin/ensembles/tiny_world_mined.gin: a Gemma2-SentencePiece model (the pivot; random
+    here) and the shipped Llama3-BPE tiny teacher through the pair's MinED mapping."""
+    pivot = _checkpoint(tmp_path, "gemma2_pivot", "data/tokenizers/gemma2_sp:source=Gemma2", 4)
+    workdir = tmp_path / "out"
+    result = _run([
+        "-m", "tokenkit.eval_lockstep", "--gin_file=gin/ensembles/tiny_world_mined.gin",
+        "--gin_file=gin/eval/tiny_world.gin", f"--gin_param=GEMMA2_MODEL='{pivot}'",
+        "--gin_param=eval_lockstep.limit=4", "--gin_param=eval_lockstep.lengths=[64, 128]",
+        "--gin_param=eval_lockstep.bootstrap_iters=0", f"--workdir={workdir}",
+    ])
+    metrics = _metrics(workdir / "lm_eval_results.json")
+    assert 0 <= metrics["tiny_world_mc"]["acc,none"] <= 1
+    assert "exact_match,none" in metrics["tiny_world_gen"]
+    assert "through the first member's vocabulary (MinED mappings)" in result.stderr

@@ -259,3 +259,59 @@ def test_mined_mapping_files_and_member_keys(tmp_path):
                 ensemble.ensemble_models(models=bad)
     finally:
         gin.clear_config()
+
+
+def test_pivot_ensemble_with_itself_scores_like_the_model(qwen_models):
+    """An identity MinED mapping makes a pivot ensemble of a model with itself that model,
+    its distribution renormalised over the pivot vocabulary (the regular tokens and the
+    end entry; the other special tokens are out). A text in one window scores the same
+    rolling as it does as a continuation of nothing."""
+    native = qwen_models[0]
+    twice = TokenkitLM(models=[native, native], lengths=(32,), tokens_per_batch=128,
+                       mined_mappings=[None, np.arange(native.config.vocab_size)],
+                       show_progress=False)
+    assert twice.vocabulary.pivot
+    got = twice.loglikelihood(requests("loglikelihood", PAIRS))
+    kept = twice.vocabulary.member_ids[0]
+    for (context, continuation), (logprob, greedy) in zip(PAIRS, got):
+        ids, start = twice._encode_pair(native, context, continuation)
+        lp = forward_logprobs(native, ids)[start - 1: len(ids) - 1][:, kept]
+        lp = lp - logsumexp(lp, axis=-1, keepdims=True)
+        labels = twice._inverse[0][ids[start:]]
+        assert logprob == pytest.approx(float(lp[np.arange(len(labels)), labels].sum()),
+                                        abs=2e-4, rel=1e-6)
+        assert greedy == bool(np.all(lp.argmax(-1) == labels))
+    (rolled,) = twice.loglikelihood_rolling(requests("loglikelihood_rolling", [("Hello world",)]))
+    assert rolled == pytest.approx(got[2][0], abs=2e-4)  # PAIRS[2] is ("", "Hello world")
+
+
+def test_pivot_ensemble_scores_the_pivots_tokens(qwen_models, llama_model):
+    """Members with different tokenizers: each reads the context in its own tokenization,
+    then the pivot's continuation tokens (the Llama member: their MinED-mapped ids); the
+    score is the combined distribution's log-probability of the pivot's tokens."""
+    native = qwen_models[0]
+    mapping = ensemble.load_mined_mapping(QWEN_TO_LLAMA)
+    lm = TokenkitLM(models=[native, llama_model], lengths=(32,), tokens_per_batch=128,
+                    mined_mappings=[None, mapping], show_progress=False)
+    results = lm.loglikelihood(requests("loglikelihood", PAIRS))
+    for (context, continuation), (logprob, _) in zip(PAIRS, results):
+        (pivot_ids, p_start), (member_ids, m_start) = lm._encode_pivot_pair(context, continuation)
+        assert (pivot_ids, p_start) == lm._encode_pair(native, context, continuation)
+        stripped = context.rstrip()
+        own_context = llama_model.encode(stripped) if stripped else [llama_model.prefix_id]
+        assert member_ids[:m_start] == own_context
+        assert member_ids[m_start:] == mapping[pivot_ids[p_start:]].tolist()
+        n = len(pivot_ids) - p_start
+        logits = [forward_logprobs(native, pivot_ids)[p_start - 1: len(pivot_ids) - 1],
+                  forward_logprobs(llama_model, member_ids)[m_start - 1: len(member_ids) - 1]]
+        combined = _combined(lm.vocabulary, logits, "mean_prob")
+        labels = lm._inverse[0][pivot_ids[p_start:]]
+        assert logprob == pytest.approx(float(combined[np.arange(n), labels].sum()),
+                                        abs=2e-3, rel=1e-5)
+    # Rolling windows are the pivot's, the Llama member's prefix its own bos.
+    (windows,) = [lm._to_member(1, [native.prefix_id] + native.encode("Hello world", bos=False))]
+    assert windows[0] == llama_model.prefix_id
+    assert np.isfinite(lm.loglikelihood_rolling(requests("loglikelihood_rolling",
+                                                         [("Hello world again",)]))[0])
+    with pytest.raises(ValueError, match="not in the ensemble's pivot vocabulary"):
+        lm._to_member(1, [native.tokenizer.convert_tokens_to_ids("<|im_start|>")])

@@ -29,7 +29,9 @@ Requests, as lm-eval defines them:
 Requests are sorted by length and packed into batches of `tokens_per_batch // L` rows of
 a bucket length `L` from `lengths`, so each bucket compiles once. With one model, scoring
 runs through `tokenkit.evaluation.scoring`; with several (`models=[...]`), they run in
-lockstep as a token-level ensemble (`tokenkit.evaluation.ensemble`).
+lockstep as a token-level ensemble (`tokenkit.evaluation.ensemble`); members with
+different tokenizers (`mined_mappings`) score and generate the first member's (the
+pivot's) tokens, each other member reading them as its MinED-mapped ids.
 """
 
 from __future__ import annotations
@@ -123,6 +125,9 @@ class TokenkitLM(LM):
       chat_template_mode: how generation prompts are wrapped (`prompts.CHAT_TEMPLATE_MODES`),
         or None to use them as they are.
       combine_strategy: how an ensemble's distributions combine (`ensemble.COMBINE_STRATEGIES`).
+      mined_mappings: members with different tokenizers: None for the first (the pivot),
+        a MinED mapping (pivot ids -> the member's ids) for every other member; they then
+        step through the pivot's tokens (`ensemble` module docstring).
       do_sample, temperature, top_k, top_p: sampling defaults for requests that do not set them.
       max_gen_toks: default generation budget.
       seed: sampling seed.
@@ -145,6 +150,7 @@ class TokenkitLM(LM):
         add_bos: bool = True,
         chat_template_mode: str | None = "surround_instruct",
         combine_strategy: str = "mean_prob",
+        mined_mappings: Sequence[np.ndarray | None] | None = None,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
@@ -165,7 +171,8 @@ class TokenkitLM(LM):
             raise TypeError(
                 f"TokenkitLM got unknown argument(s) {unknown}; valid: pretrained, tokenizer, "
                 "models, lengths, tokens_per_batch, add_bos, chat_template_mode, "
-                "combine_strategy, do_sample, temperature, top_k, top_p, max_gen_toks, seed, "
+                "combine_strategy, mined_mappings, do_sample, temperature, top_k, top_p, "
+                "max_gen_toks, seed, "
                 "expand_model(.pretrained_model_name_or_path), "
                 "expand_tokenizer (expand_model.tokenizer_name), dtype, param_dtype, "
                 "stop_check_every, show_progress"
@@ -218,7 +225,8 @@ class TokenkitLM(LM):
         self.seed = int(seed)
         self.show_progress = show_progress
         self.vocabulary = ensemble.UnifiedVocabulary.build(
-            [m.tokenizer for m in self.models], [m.stop_ids for m in self.models]
+            [m.tokenizer for m in self.models], [m.stop_ids for m in self.models],
+            mined_mappings,
         )
         self.generator = generate.Generator(
             self.models,
@@ -284,13 +292,58 @@ class TokenkitLM(LM):
         if context == "":
             cont = model.encode(continuation, bos=False)
             return [model.prefix_id] + cont, 1
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            continuation = context[-spaces:] + continuation
-            context = context[:-spaces]
+        context, continuation = self._split_context(context, continuation)
         whole = model.encode(context + continuation)
         ctx = model.encode(context)
         return ctx + whole[len(ctx):], len(ctx)
+
+    def _split_context(self, context: str, continuation: str) -> tuple[str, str]:
+        """lm-eval's split: trailing whitespace of the context belongs to the continuation."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            return context[:-spaces], context[-spaces:] + continuation
+        return context, continuation
+
+    def _to_member(self, member: int, pivot_ids: Sequence[int]) -> list[int]:
+        """Pivot ids as member `member` reads them in a pivot ensemble: each regular token
+        as its MinED-mapped token, the pivot's prefix (bos) as the member's own.
+
+        Raises:
+          ValueError: a token other than the prefix is not in the unified vocabulary
+            (a special token of the pivot), naming it.
+        """
+        pivot = self.models[0]
+        if member == 0:
+            return list(pivot_ids)
+        unified = self._inverse[0][np.asarray(pivot_ids, np.int64)]
+        mapped = self.vocabulary.member_ids[member]
+        out = []
+        for pivot_id, u in zip(pivot_ids, unified):
+            if pivot_id == pivot.prefix_id:
+                out.append(self.models[member].prefix_id)
+            elif u < 0:
+                token = pivot.tokenizer.convert_ids_to_tokens([int(pivot_id)])[0]
+                raise ValueError(
+                    f"The pivot {pivot.name}'s token {token!r} (id {int(pivot_id)}) is not in "
+                    "the ensemble's pivot vocabulary (a special token) and has no MinED-mapped "
+                    f"token for {self.models[member].name}."
+                )
+            else:
+                out.append(int(mapped[u]))
+        return out
+
+    def _encode_pivot_pair(self, context: str, continuation: str) -> list[tuple[list[int], int]]:
+        """One loglikelihood request of a pivot ensemble, per member `(ids, first scored
+        index)`: each member reads the context in its own tokenization, then the pivot's
+        tokens of the continuation (mapped), which are the tokens scored."""
+        pivot_ids, start = self._encode_pair(self.models[0], context, continuation)
+        continuation_ids = pivot_ids[start:]
+        context, _ = self._split_context(context, continuation)
+        items = [(pivot_ids, start)]
+        for m, model in enumerate(self.models[1:], start=1):
+            ctx = [model.prefix_id] if context == "" else model.encode(context)
+            items.append((ctx + self._to_member(m, continuation_ids), len(ctx)))
+        return items
 
     def _fit(self, ids: list[int], start: int) -> tuple[list[int], int, int]:
         """Left-truncates to the largest bucket; returns (ids, start, scored tokens lost)."""
@@ -336,7 +389,14 @@ class TokenkitLM(LM):
         return [(score.loglik, score.is_greedy) for score in scores]
 
     def _unified_labels(self, per_model: list[tuple[list[int], int]]) -> list[int]:
-        """The scored tokens as unified indices; every model must have the same ones."""
+        """The scored tokens as unified indices; every model must have the same ones
+        (in a pivot ensemble they are the pivot's, by construction)."""
+        if self.vocabulary.pivot:
+            ids0, start0 = per_model[0]
+            labels = self._inverse[0][np.asarray(ids0[start0:], np.int64)].tolist()
+            if any(label < 0 for label in labels):
+                raise ValueError("A scored continuation holds a special token of the pivot.")
+            return labels
         spelled = []
         for model, (ids, start) in zip(self.models, per_model):
             spelled.append(model.tokenizer.convert_ids_to_tokens(ids[start:]))
@@ -376,6 +436,12 @@ class TokenkitLM(LM):
                     ids[m][r, : len(seq)] = seq
                     masks[m][r, : len(seq)] = 1
                     k = len(seq) - start
+                    if k != len(labels[i]):
+                        raise ValueError(
+                            f"{what}: request {i} has {len(labels[i])} scored tokens for the "
+                            f"first member and {k} for {self.models[m].name} (truncated "
+                            f"differently at {self.lengths[-1]} tokens: raise lengths)."
+                        )
                     positions[m][r, :k] = np.arange(start - 1, len(seq) - 1)
                 unified[r, : len(labels[i])] = labels[i]
                 label_mask[r, : len(labels[i])] = True
@@ -391,9 +457,12 @@ class TokenkitLM(LM):
     # ------------------------------------------------------------------ lm-eval API
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        items = [
-            [self._encode_pair(m, *req.args) for m in self.models] for req in requests
-        ]
+        if self.vocabulary.pivot:
+            items = [self._encode_pivot_pair(*req.args) for req in requests]
+        else:
+            items = [
+                [self._encode_pair(m, *req.args) for m in self.models] for req in requests
+            ]
         results = self._score(items, "loglikelihood")
         for req, result in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", req.args, result)
@@ -406,7 +475,8 @@ class TokenkitLM(LM):
         for r, req in enumerate(requests):
             (text,) = req.args
             per_model_windows = []
-            for m in self.models:
+            # A pivot ensemble steps through the pivot's windows (mapped for the others).
+            for m in self.models[:1] if self.vocabulary.pivot else self.models:
                 tokens = m.encode(text, bos=False)
                 windows = [
                     lm_eval_utils.make_disjoint_window(w)
@@ -416,6 +486,11 @@ class TokenkitLM(LM):
                     )
                 ]
                 per_model_windows.append([(ctx + pred, len(ctx)) for ctx, pred in windows])
+            if self.vocabulary.pivot:
+                per_model_windows += [
+                    [(self._to_member(m, ids), start) for ids, start in per_model_windows[0]]
+                    for m in range(1, len(self.models))
+                ]
             counts = {len(w) for w in per_model_windows}
             if len(counts) != 1:
                 raise ValueError(
