@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tokenkit.models import transformer as transformer_module
 from tokenkit.models import (
     ModelConfig,
     Transformer,
@@ -116,6 +117,29 @@ def test_dot_product_attention_implementation_matches_einsum():
     np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], atol=1e-5)
     with pytest.raises(ValueError, match="soft-capping"):
         Transformer(GEMMA2, attention_impl="xla").apply({"params": _scaled_params(GEMMA2)}, ids, mask)
+
+
+@pytest.mark.parametrize("config", [LLAMA, GEMMA2], ids=["llama", "gemma2"])
+def test_causal_blocks_give_the_same_values_and_gradients(config, monkeypatch):
+    """Long inputs without a cache attend in query blocks (only keys up to each block's
+    end): the same logits and gradients as one block, with padding, sliding windows and
+    soft-capping, and a last block shorter than the others."""
+    params = _scaled_params(config)
+    ids, mask = _batch(config, b=3, t=11)
+
+    def loss(p):
+        logits = Transformer(config).apply({"params": p}, ids, mask).logits
+        return jnp.sum(jax.nn.log_softmax(logits) * mask[..., None]), logits
+
+    monkeypatch.setattr(transformer_module, "CAUSAL_BLOCK", 64)
+    (ref_value, ref_logits), ref_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    monkeypatch.setattr(transformer_module, "CAUSAL_BLOCK", 4)  # blocks of 4, 4, 3 queries
+    (value, logits), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(ref_logits)[real], atol=1e-5)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref_grad)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_padding_does_not_change_real_positions():

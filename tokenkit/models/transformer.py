@@ -270,11 +270,30 @@ def attention_allowed(q_pos: Array, k_pos: Array, k_valid: Array, window: Array)
     return allowed & ((window <= 0) | (diff < window))
 
 
+# Queries per block of causal attention without a cache (see `_einsum_attention`).
+CAUSAL_BLOCK = 128
+
+
 def _einsum_attention(
-    q: Array, k: Array, v: Array, allowed: Array, scale: float, softcap: float | None
+    q: Array, k: Array, v: Array, allowed: Array, scale: float, softcap: float | None,
+    causal: bool = False,
 ) -> Array:
-    """Grouped-query attention with float32 scores and softmax. q: [B,T,H,hd], k/v: [B,S,K,hd]."""
+    """Grouped-query attention with float32 scores and softmax. q: [B,T,H,hd], k/v: [B,S,K,hd].
+
+    `causal`: query t attends no key after index t (a forward without a cache, whose
+    positions grow with the index). Long inputs then go in blocks of `CAUSAL_BLOCK`
+    queries, each against the keys up to its end: the scores above the diagonal are
+    never computed (about half of them) and each block's scores stay small enough to be
+    cache-friendly, which on a CPU is most of attention's time.
+    """
     b, t, h, hd = q.shape
+    if causal and t > CAUSAL_BLOCK:
+        outs = []
+        for start in range(0, t, CAUSAL_BLOCK):
+            end = min(start + CAUSAL_BLOCK, t)
+            outs.append(_einsum_attention(q[:, start:end], k[:, :end], v[:, :end],
+                                          allowed[:, start:end, :end], scale, softcap))
+        return jnp.concatenate(outs, axis=1)
     kv = k.shape[2]
     q = q.reshape(b, t, kv, h // kv, hd)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
@@ -329,7 +348,8 @@ class Attention(nn.Module):
 
         allowed = attention_allowed(kv["q_pos"], kv["k_pos"], kv["k_valid"], per_layer["window"])
         if self.attention_impl == "einsum":
-            out = _einsum_attention(q, all_k, all_v, allowed, c.attention_scale, c.attn_logit_softcap)
+            out = _einsum_attention(q, all_k, all_v, allowed, c.attention_scale,
+                                    c.attn_logit_softcap, causal=cache_kv is None)
         else:
             if c.attn_logit_softcap:
                 raise ValueError(
