@@ -207,15 +207,25 @@ def test_byte_level_model_with_expansion(tiny_tokenizer_specs):
 
 
 def test_batch_plan_fills_a_token_budget_without_fixed_rows():
-    assert scoring.default_buckets(1000) == (16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 1000)
+    assert scoring.default_buckets(1000) == (
+        16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768,
+        896, 1000)
+    buckets = scoring.default_buckets(4096)
+    for length in range(17, 4097):  # padding adds less than a quarter of a length
+        assert scoring.bucket_length(length, buckets) < 1.25 * length + scoring.MIN_BUCKET
     lengths = [5, 100, 20, 33, 7, 130]
     plan = scoring.plan_batches(lengths, scoring.default_buckets(256), tokens_per_batch=128)
     # Longest first within a bucket; two short rows make a batch of 2 rows, not of the
     # 8 that the budget would allow at length 16.
-    assert plan == [(16, 2, [4, 0]), (32, 1, [2]), (64, 1, [3]), (128, 1, [1]), (256, 1, [5])]
+    assert plan == [(16, 2, [4, 0]), (32, 1, [2]), (48, 1, [3]), (112, 1, [1]), (160, 1, [5])]
     many = scoring.plan_batches([10] * 11, (16,), tokens_per_batch=64)
-    assert [(rows, len(members)) for _, rows, members in many] == [(4, 4), (4, 4), (4, 3)]
+    assert [(rows, len(members)) for _, rows, members in many] == [(4, 4), (4, 4), (3, 3)]
     few = scoring.plan_batches([10] * 5, (16,), tokens_per_batch=128)
+    assert [(rows, len(members)) for _, rows, members in few] == [(5, 5)]
+    # Generation pads a bucket's last batch to a power of two rows (fewer compiles).
+    padded = scoring.plan_batches([10] * 11, (16,), tokens_per_batch=64, pad_rows=True)
+    assert [(rows, len(members)) for _, rows, members in padded] == [(4, 4), (4, 4), (4, 3)]
+    few = scoring.plan_batches([10] * 5, (16,), tokens_per_batch=128, pad_rows=True)
     assert [(rows, len(members)) for _, rows, members in few] == [(8, 5)]
     with pytest.raises(ValueError, match="tokens_per_batch"):
         scoring.plan_batches(lengths, (256,), 0)

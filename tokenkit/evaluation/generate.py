@@ -390,7 +390,8 @@ class Generator:
         results: list[GenerationResult | None] = [None] * len(prompts)
         progress = Progress(len(prompts), "generating", unit="prompts",
                             enabled=self.show_progress)
-        for bucket, rows, batch in plan_batches(longest, self.lengths, self.tokens_per_batch):
+        for bucket, rows, batch in plan_batches(longest, self.lengths, self.tokens_per_batch,
+                                                pad_rows=True):
             for index, result in zip(batch, self._generate_batch(
                 [encoded[i] for i in batch], batch, rows, bucket, max_new_tokens,
                 until, sampling, seed,

@@ -26,8 +26,10 @@ Requests, as lm-eval defines them:
   `do_sample`, `temperature`, `top_k`, `top_p`; the reply is cut at the first stop
   sequence and stripped of surrounding whitespace (as upstream).
 
-Requests are sorted by length and packed into batches of `tokens_per_batch // L` rows of
-a bucket length `L` from `lengths`, so each bucket compiles once. With one model, scoring
+Requests are sorted by length and packed into batches of up to `tokens_per_batch // L`
+rows of a bucket length `L`: for log-likelihoods `scoring.default_buckets` up to the
+largest of `lengths` (padding adds less than a quarter of a request's length), for
+generation `lengths` itself (a KV cache per bucket); each shape compiles once. With one model, scoring
 runs through `tokenkit.evaluation.scoring`; with several (`models=[...]`), they run in
 lockstep as a token-level ensemble (`tokenkit.evaluation.ensemble`); members with
 different tokenizers (`mined_mappings`) score and generate the first member's (the
@@ -118,8 +120,9 @@ class TokenkitLM(LM):
       pretrained, tokenizer: checkpoint directory / hub id and tokenizer spec (the
         `--model_args` route); or give `models`.
       models: ready `EvalModel`s (the Python / trainer route); several make an ensemble.
-      lengths: bucket lengths, ascending; the largest is the longest sequence scored or
-        generated (longer inputs lose tokens from the left, counted in the log).
+      lengths: generation bucket lengths, ascending; the largest is the longest sequence
+        scored or generated (longer inputs lose tokens from the left, counted in the
+        log). Log-likelihoods use the finer `score_buckets` up to it.
       tokens_per_batch: rows x bucket length of a batch.
       add_bos: put bos before texts (with `pretrained`; `models` carry their own).
       chat_template_mode: how generation prompts are wrapped (`prompts.CHAT_TEMPLATE_MODES`),
@@ -264,6 +267,13 @@ class TokenkitLM(LM):
     # ------------------------------------------------------------------ properties
 
     @property
+    def score_buckets(self) -> tuple[int, ...]:
+        """Lengths that log-likelihood requests are padded to: `scoring.default_buckets`
+        up to the largest of `lengths` (finer than the generation buckets: a forward
+        pass costs what its padded tokens cost, and compiles are cached)."""
+        return scoring.default_buckets(self.lengths[-1])
+
+    @property
     def max_length(self) -> int:
         return self.lengths[-1]
 
@@ -383,7 +393,7 @@ class TokenkitLM(LM):
             [ids for ids, _ in items],
             [start for _, start in items],
             tokens_per_batch=self.tokens_per_batch,
-            buckets=self.lengths,
+            buckets=self.score_buckets,
             show_progress=self.show_progress,
         )
         return [(score.loglik, score.is_greedy) for score in scores]
@@ -425,7 +435,8 @@ class TokenkitLM(LM):
         params = tuple((m.params, m.expansion) for m in self.models)
         out: list[tuple[float, bool]] = [(0.0, True)] * len(items)
         progress = Progress(len(items), what, unit="requests", enabled=self.show_progress)
-        for bucket, rows, batch in scoring.plan_batches(longest, self.lengths, self.tokens_per_batch):
+        for bucket, rows, batch in scoring.plan_batches(longest, self.score_buckets,
+                                                        self.tokens_per_batch):
             ids = [np.full((rows, bucket), m.pad_id, np.int32) for m in self.models]
             masks = [np.zeros((rows, bucket), np.int32) for _ in self.models]
             positions = [np.zeros((rows, bucket), np.int32) for _ in self.models]

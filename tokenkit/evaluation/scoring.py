@@ -8,13 +8,12 @@ Three layers, each usable alone:
   `score_from..` of each id sequence, run through the model side's one forward pass
   (`tokenkit.models.side`, which applies input-id expansion and masks the padded
   vocabulary). Batches are planned by `plan_batches`: sequences sorted by length, each
-  padded to the smallest bucket length that holds it (`default_buckets`: powers of two
-  up to 128, then multiples of 128), as many rows per batch as fit `tokens_per_batch`,
-  and a batch's rows rounded up to a power of two only when fewer are left (no fixed
-  row count, so short inputs are not padded with empty rows). Each (rows, length)
-  shape compiles once per process, and once per machine with the persistent
-  compilation cache (`tokenkit.entry`). Results come back in input order and do not
-  depend on padding or grouping;
+  padded to the smallest bucket length that holds it (`default_buckets`: four steps per
+  doubling, so a sequence is padded by less than a quarter of its length), as many rows
+  per batch as fit `tokens_per_batch`, and no empty rows (a bucket's last batch has
+  exactly the rows left). Each (rows, length) shape compiles once per process, and once
+  per machine with the persistent compilation cache (`tokenkit.entry`). Results come
+  back in input order and do not depend on padding or grouping;
 - `score_texts(model, texts)`: per text, the natural-log likelihood of its tokens (the
   first token, bos or not, has no prediction and is not scored), the number of scored
   tokens, its UTF-8 bytes and bits per byte (`-loglik / ln 2 / n_bytes`). Texts longer
@@ -48,9 +47,8 @@ from tokenkit.progress import Progress
 DEFAULT_MAX_LENGTH = 2048
 DEFAULT_TOKENS_PER_BATCH = 8192
 MIN_BUCKET = 16
-# Above this length, buckets are multiples of it rather than powers of two: padding
-# then wastes at most this many tokens per row.
-BUCKET_STEP = 128
+# Buckets per doubling of the length (see `default_buckets`).
+BUCKETS_PER_OCTAVE = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,15 +115,18 @@ def _score_batch(
 
 
 def default_buckets(max_length: int) -> tuple[int, ...]:
-    """Powers of two from `MIN_BUCKET` to `BUCKET_STEP`, then multiples of `BUCKET_STEP`,
-    below `max_length`; then `max_length`."""
+    """Bucket lengths below `max_length`, then `max_length`: multiples of `MIN_BUCKET`
+    up to 64, then `BUCKETS_PER_OCTAVE` evenly spaced lengths per doubling (64, 80, 96,
+    112, 128, 160, ...), so padding adds less than a quarter of a sequence's length
+    while a run compiles for only a few lengths."""
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}.")
     buckets = []
     size = MIN_BUCKET
     while size < max_length:
         buckets.append(size)
-        size = size * 2 if size < BUCKET_STEP else size + BUCKET_STEP
+        octave = 1 << (size.bit_length() - 1)  # the power of two at or below `size`
+        size += max(MIN_BUCKET, octave // BUCKETS_PER_OCTAVE)
     return tuple(buckets) + (max_length,)
 
 
@@ -142,14 +143,16 @@ def _power_of_two_at_least(n: int) -> int:
 
 
 def plan_batches(
-    lengths: Sequence[int], buckets: Sequence[int], tokens_per_batch: int
+    lengths: Sequence[int], buckets: Sequence[int], tokens_per_batch: int, *,
+    pad_rows: bool = False,
 ) -> list[tuple[int, int, list[int]]]:
     """Groups sequences into batches: `(bucket length, rows, indices)` each.
 
     Sequences go to the smallest bucket holding them, longest first within a bucket.
-    A batch has `tokens_per_batch // bucket` rows (at least 1); where fewer sequences
-    are left, its row count is the next power of two (so only a few shapes compile),
-    and the caller fills the extra rows with a dummy sequence.
+    A batch has `tokens_per_batch // bucket` rows (at least 1); a bucket's last batch
+    has the rows that are left, or with `pad_rows` the next power of two (fewer shapes
+    to compile, for callers whose compilation is dear, e.g. generation; the caller
+    fills the extra rows with a dummy sequence).
     """
     if tokens_per_batch < 1:
         raise ValueError(f"tokens_per_batch must be >= 1, got {tokens_per_batch}.")
@@ -162,7 +165,8 @@ def plan_batches(
         full = max(1, tokens_per_batch // size)
         for first in range(0, len(members), full):
             rows = members[first : first + full]
-            plan.append((size, min(full, _power_of_two_at_least(len(rows))), rows))
+            n_rows = min(full, _power_of_two_at_least(len(rows))) if pad_rows else len(rows)
+            plan.append((size, n_rows, rows))
     return plan
 
 
@@ -207,7 +211,6 @@ def score_sequences(
         ids = np.full((n_rows, size), pad_id, np.int32)
         mask = np.zeros((n_rows, size), np.int32)
         score = np.zeros((n_rows, size), bool)
-        mask[len(rows):, 0] = 1  # filler rows: one real token, nothing scored
         for r, i in enumerate(rows):
             seq = sequences[i]
             ids[r, : len(seq)] = seq
