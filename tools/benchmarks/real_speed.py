@@ -30,6 +30,7 @@ generation (above 1: ours is faster).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -224,14 +225,27 @@ def bench_generate(model, hf_model, hf_tokenizer, repeats: int) -> list[dict]:
         def ours(prompt_ids=prompt_ids, generator=generator):
             return [r.token_ids for r in generator.generate(prompt_ids, max_new_tokens=new)]
 
-        def theirs(input_ids=input_ids, attention=attention):
+        # Neither side may stop or forbid a token: ours has no stop ids, theirs an eos id
+        # no step can produce (None would be filled in from the model's own config, and
+        # min_new_tokens *forbids* eos, so the texts parted at the first step where eos
+        # was the argmax, as they did in earlier runs of this benchmark).
+        no_eos = copy.deepcopy(hf_model.generation_config)
+        no_eos.eos_token_id = hf_model.config.vocab_size
+        no_eos.pad_token_id = pad
+        no_eos.max_new_tokens, no_eos.do_sample = new, False
+
+        def theirs(input_ids=input_ids, attention=attention, no_eos=no_eos):
             with torch.no_grad():
                 out = hf_model.generate(input_ids=input_ids, attention_mask=attention,
-                                        max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                                        pad_token_id=pad)
+                                        generation_config=no_eos)
             return out[:, input_ids.shape[1]:].tolist()
 
         r = interleaved(ours, theirs, repeats)
+        for side in ("ours", "theirs"):
+            counts = sorted({len(row) for row in r[f"out_{side}"]})
+            if counts != [new]:
+                raise SystemExit(f"generate batch {batch}: {side} made {counts} tokens per "
+                                 f"row, not {new}: tokens/s would not compare.")
         same = sum(a == b for a, b in zip(r["out_ours"], r["out_theirs"]))
         agree = np.mean([_common_prefix(a, b) for a, b in zip(r["out_ours"], r["out_theirs"])])
         r["note"] = f"{same}/{batch} rows equal, {agree:.0f} leading tokens equal on average"
