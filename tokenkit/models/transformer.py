@@ -281,13 +281,14 @@ def _einsum_attention(
     """Grouped-query attention with float32 scores and softmax. q: [B,T,H,hd], k/v: [B,S,K,hd].
 
     `causal`: query t attends no key after index t (a forward without a cache, whose
-    positions grow with the index). Long inputs then go in blocks of `CAUSAL_BLOCK`
-    queries, each against the keys up to its end: the scores above the diagonal are
-    never computed (about half of them) and each block's scores stay small enough to be
-    cache-friendly, which on a CPU is most of attention's time.
+    positions grow with the index). On a CPU, long inputs then go in blocks of
+    `CAUSAL_BLOCK` queries, each against the keys up to its end: the scores above the
+    diagonal are never computed (about half of them) and each block's scores stay small
+    enough to be cache-friendly, which on a CPU is most of attention's time. Accelerators
+    keep one fused computation (or use attention_impl 'xla' / 'cudnn').
     """
     b, t, h, hd = q.shape
-    if causal and t > CAUSAL_BLOCK:
+    if causal and t > CAUSAL_BLOCK and jax.default_backend() == "cpu":
         outs = []
         for start in range(0, t, CAUSAL_BLOCK):
             end = min(start + CAUSAL_BLOCK, t)
