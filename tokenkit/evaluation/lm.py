@@ -401,26 +401,21 @@ class TokenkitLM(LM):
     def _unified_labels(self, per_model: list[tuple[list[int], int]]) -> list[int]:
         """The scored tokens as unified indices; every model must have the same ones
         (in a pivot ensemble they are the pivot's, by construction)."""
-        if self.vocabulary.pivot:
-            ids0, start0 = per_model[0]
-            labels = self._inverse[0][np.asarray(ids0[start0:], np.int64)].tolist()
-            if any(label < 0 for label in labels):
-                raise ValueError("A scored continuation holds a special token of the pivot.")
-            return labels
-        spelled = []
-        for model, (ids, start) in zip(self.models, per_model):
-            spelled.append(model.tokenizer.convert_ids_to_tokens(ids[start:]))
-        for i, tokens in enumerate(spelled[1:], start=1):
-            if tokens != spelled[0]:
-                raise ValueError(
-                    f"Ensemble members tokenize a continuation differently: {self.models[0].name} "
-                    f"gives {spelled[0]}, {self.models[i].name} gives {tokens}; members of a "
-                    "token-level ensemble must share a tokenizer (transfer them to one first)."
-                )
         ids0, start0 = per_model[0]
+        spelled0 = self.models[0].tokenizer.convert_ids_to_tokens(ids0[start0:])
+        if not self.vocabulary.pivot:
+            for model, (ids, start) in zip(self.models[1:], per_model[1:]):
+                tokens = model.tokenizer.convert_ids_to_tokens(ids[start:])
+                if tokens != spelled0:
+                    raise ValueError(
+                        f"Ensemble members tokenize a continuation differently: "
+                        f"{self.models[0].name} gives {spelled0}, {model.name} gives {tokens}; "
+                        "members of a token-level ensemble must share a tokenizer (transfer "
+                        "them to one first)."
+                    )
         labels = self._inverse[0][np.asarray(ids0[start0:], np.int64)].tolist()
         if any(label < 0 for label in labels):
-            missing = [t for t, lab in zip(spelled[0], labels) if lab < 0]
+            missing = [t for t, lab in zip(spelled0, labels) if lab < 0]
             raise ValueError(
                 f"Continuation tokens {missing} are not in the ensemble's unified vocabulary "
                 "(special tokens, or tokens some member lacks) and cannot be scored."
