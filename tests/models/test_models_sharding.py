@@ -139,7 +139,7 @@ def _assert_sharded_forward_equals_unsharded(config, plain, lengths) -> None:
     c_sh = cache_shardings(mesh, cache)
     cache = shard(cache, c_sh)
     assert batch["ids"].sharding.spec == P("data", None)
-    assert cache.key.sharding.spec == P(None, "data", None, "model", None)
+    assert cache.key.sharding.spec == P(None, "data", "model", None, None)
 
     out = jax.jit(forward, in_shardings=(p_sh, b_sh["ids"], b_sh["mask"], c_sh))(
         params, batch["ids"], batch["mask"], cache

@@ -46,7 +46,7 @@ _BASE_RULES: Rules = (
 )
 
 # Logical axes of the KV cache arrays.
-CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
 
 
 def _rules(fsdp: bool, overrides: Sequence[tuple[str, Any]]) -> Rules:

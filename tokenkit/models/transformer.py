@@ -96,8 +96,11 @@ _MASKED = float(np.finfo(np.float32).min)
 class KVCache:
     """Keys/values of all layers for incremental decoding.
 
-    `key`, `value`: `[L, B, S, K, hd]`; slot s of row b holds the token at position s
-    (keys after RoPE).
+    `key`, `value`: `[L, B, K, S, hd]`; slot s of row b holds the token at position s
+    (keys after RoPE). Heads come before slots so that attention reads each layer's
+    keys and values without a transpose; the stacks travel through the layer scan as
+    its carry and each layer writes its new tokens in place (one decode step then
+    touches the cache about once, not once per copy of every layer's slice).
     `lengths`: int32 `[B]`, the number of tokens of each row already in the cache.
     """
 
@@ -107,7 +110,7 @@ class KVCache:
 
     @property
     def max_length(self) -> int:
-        return self.key.shape[2]
+        return self.key.shape[3]
 
 
 @flax.struct.dataclass
@@ -124,7 +127,7 @@ def init_cache(
     config: ModelConfig, batch_size: int, max_length: int, dtype: Any = jnp.float32
 ) -> KVCache:
     """An empty cache for `batch_size` rows of up to `max_length` tokens."""
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
     return KVCache(
         key=jnp.zeros(shape, dtype),
         value=jnp.zeros(shape, dtype),
@@ -276,9 +279,10 @@ CAUSAL_BLOCK = 128
 
 def _einsum_attention(
     q: Array, k: Array, v: Array, allowed: Array, scale: float, softcap: float | None,
-    causal: bool = False,
+    causal: bool = False, heads_first: bool = False,
 ) -> Array:
-    """Grouped-query attention with float32 scores and softmax. q: [B,T,H,hd], k/v: [B,S,K,hd].
+    """Grouped-query attention with float32 scores and softmax. q: [B,T,H,hd], k/v:
+    [B,S,K,hd], or [B,K,S,hd] with `heads_first` (the cache's layout).
 
     `causal`: query t attends no key after index t (a forward without a cache, whose
     positions grow with the index). On a CPU, long inputs then go in blocks of
@@ -292,17 +296,21 @@ def _einsum_attention(
         outs = []
         for start in range(0, t, CAUSAL_BLOCK):
             end = min(start + CAUSAL_BLOCK, t)
-            outs.append(_einsum_attention(q[:, start:end], k[:, :end], v[:, :end],
-                                          allowed[:, start:end, :end], scale, softcap))
+            keys = k[:, :, :end] if heads_first else k[:, :end]
+            values = v[:, :, :end] if heads_first else v[:, :end]
+            outs.append(_einsum_attention(q[:, start:end], keys, values,
+                                          allowed[:, start:end, :end], scale, softcap,
+                                          heads_first=heads_first))
         return jnp.concatenate(outs, axis=1)
-    kv = k.shape[2]
+    kv = k.shape[1] if heads_first else k.shape[2]
+    kv_spec = "bksd" if heads_first else "bskd"
     q = q.reshape(b, t, kv, h // kv, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum(f"btkgd,{kv_spec}->bkgts", q, k, preferred_element_type=jnp.float32) * scale
     if softcap:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(allowed[:, None, None], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum(f"bkgts,{kv_spec}->btkgd", probs, v)
     return out.reshape(b, t, h, hd)
 
 
@@ -337,11 +345,16 @@ class Attention(nn.Module):
             key = _rope(key, kv["q_pos"], inv_freq, c.rope.attention_factor)
 
         if cache_kv is not None:
+            # The whole stacks `[L, B, K, S, hd]` (the scan's carry): this layer's tokens
+            # are scattered into them in place, then its slice is read back.
             cache_k, cache_v = cache_kv
-            write = jax.vmap(lambda buf, idx, new: buf.at[idx].set(new, mode="drop"))
-            cache_k = write(cache_k, kv["write_idx"], key.astype(cache_k.dtype))
-            cache_v = write(cache_v, kv["write_idx"], value.astype(cache_v.dtype))
-            all_k, all_v = cache_k.astype(self.dtype), cache_v.astype(self.dtype)
+            layer = per_layer["layer"]
+            rows = jnp.arange(x.shape[0], dtype=jnp.int32)[:, None]
+            where = (layer, rows, slice(None), kv["write_idx"])
+            cache_k = cache_k.at[where].set(key.astype(cache_k.dtype), mode="drop")
+            cache_v = cache_v.at[where].set(value.astype(cache_v.dtype), mode="drop")
+            all_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(self.dtype)
+            all_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(self.dtype)
             new_cache = (cache_k, cache_v)
         else:
             all_k, all_v = key, value
@@ -350,8 +363,11 @@ class Attention(nn.Module):
         allowed = attention_allowed(kv["q_pos"], kv["k_pos"], kv["k_valid"], per_layer["window"])
         if self.attention_impl == "einsum":
             out = _einsum_attention(q, all_k, all_v, allowed, c.attention_scale,
-                                    c.attn_logit_softcap, causal=cache_kv is None)
+                                    c.attn_logit_softcap, causal=cache_kv is None,
+                                    heads_first=cache_kv is not None)
         else:
+            if cache_kv is not None:
+                all_k, all_v = jnp.swapaxes(all_k, 1, 2), jnp.swapaxes(all_v, 1, 2)
             if c.attn_logit_softcap:
                 raise ValueError(
                     f"attention_impl={self.attention_impl!r} has no logit soft-capping, which "
@@ -395,7 +411,8 @@ def _activation(name: str, x: Array) -> Array:
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm block (plus Gemma's post-norms). Called under `nn.scan`."""
+    """One pre-norm block (plus Gemma's post-norms). Called under `nn.scan`; the carry is
+    `(x, cache)`, the cache being None or all layers' `(keys, values)` stacks."""
 
     config: ModelConfig
     dtype: Any
@@ -406,14 +423,15 @@ class DecoderLayer(nn.Module):
     output_qkv: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, per_layer: dict, shared: dict) -> tuple[Array, tuple]:
+    def __call__(self, carry: tuple, per_layer: dict, shared: dict) -> tuple[tuple, tuple]:
+        x, cache_kv = carry
         c = self.config
         norm = functools.partial(_norm, c, dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         h = norm("attn_norm")(x)
         h, new_cache, qkv = Attention(
             c, self.dtype, self.param_dtype, self.lora_alpha, self.attention_impl, name="attention"
-        )(h, per_layer, shared, per_layer.get("cache"))
+        )(h, per_layer, shared, cache_kv)
         if c.sandwich_norms:
             h = norm("post_attn_norm")(h)
         x = x + h
@@ -422,8 +440,8 @@ class DecoderLayer(nn.Module):
         if c.sandwich_norms:
             h = norm("post_mlp_norm")(h)
         x = (x + h).astype(self.dtype)
-        return x, (x if self.output_hidden_states else None, new_cache,
-                   qkv if self.output_qkv else None)
+        return (x, new_cache), (x if self.output_hidden_states else None,
+                                qkv if self.output_qkv else None)
 
 
 class Transformer(nn.Module):
@@ -534,7 +552,7 @@ class Transformer(nn.Module):
             per_layer["inv_freq_long"] = jnp.asarray(c.layer_inv_freqs(long=True))
             shared["use_long_rope"] = row_lengths > c.rope.original_max_position_embeddings
         if cache_in is not None:
-            per_layer["cache"] = cache_in
+            per_layer["layer"] = jnp.arange(c.num_layers, dtype=jnp.int32)
 
         block = DecoderLayer
         policy = REMAT_POLICIES[self.remat_policy]
@@ -552,7 +570,7 @@ class Transformer(nn.Module):
             output_hidden_states, output_qkv, name="layers",
         )
         embedded = x
-        x, (layer_outputs, new_kv, qkv) = stack(x, per_layer, shared)
+        (x, new_kv), (layer_outputs, qkv) = stack((x, cache_in), per_layer, shared)
         x = _norm(c, "final_norm", self.dtype, self.param_dtype)(x)
 
         hidden_states = None
