@@ -68,3 +68,13 @@ def next_token_logprobs(logits: jax.Array, input_ids: jax.Array) -> tuple[jax.Ar
     greedy = jnp.argmax(logp, axis=-1) == targets
     pad = ((0, 0), (1, 0))
     return jnp.pad(picked, pad), jnp.pad(greedy, pad, constant_values=True)
+
+
+def target_logprobs(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Log-prob of `targets` `[B, M]` under `logits` `[B, M, V]` (already masked), and
+    whether each target is the argmax. Reads the logits without materialising a
+    log-softmax of the same size."""
+    logits = logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logp = picked - jax.nn.logsumexp(logits, axis=-1)
+    return logp, jnp.argmax(logits, axis=-1) == targets

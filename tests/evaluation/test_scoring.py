@@ -157,6 +157,30 @@ def test_long_texts_are_scored_in_sliding_windows(llama, scored, caplog):
     assert result.loglik == pytest.approx(want, rel=1e-5)
 
 
+def test_continuations_score_only_their_positions(llama, scored):
+    """Sequences scored from late starts (the head runs on a narrow width of the bucket)
+    equal the plain forward, whatever the width their batch gets."""
+    tok, model, variables = llama
+    ids = [tok.bos_token_id] + tok.encode(" ".join(TEXTS * 4), add_special_tokens=False)
+    ids = ids[:120]
+    assert len(ids) == 120
+    starts = [119, 110, 90, 60, 1]  # widths 16 (an eighth of 128), 16, 32, 64, 128
+    for start in starts:
+        positions, valid = scoring.scored_positions([start], [len(ids)], 128)
+        assert valid.sum() == len(ids) - start
+        assert positions.shape[1] >= len(ids) - start
+    got = scoring.score_sequences(scored, [ids] * len(starts), starts, buckets=(128,),
+                                  tokens_per_batch=128, show_progress=False)
+    together = scoring.score_sequences(scored, [ids] * len(starts), starts, buckets=(128,),
+                                       tokens_per_batch=128 * len(starts), show_progress=False)
+    for start, a, b in zip(starts, got, together):
+        want = _plain_loglik(model, variables, ids, len(tok), score_from=start)
+        assert a.n_tokens == len(ids) - start
+        assert a.loglik == pytest.approx(want, rel=1e-5, abs=1e-4), start
+        assert b.loglik == pytest.approx(want, rel=1e-5, abs=1e-4), start
+    assert got[0].loglik < -1  # not vacuous
+
+
 def test_sequences_report_greedy(llama, scored):
     tok, model, variables = llama
     prefix = [tok.bos_token_id] + tok.encode("The river", add_special_tokens=False)

@@ -11,9 +11,12 @@ Three layers, each usable alone:
   padded to the smallest bucket length that holds it (`default_buckets`: four steps per
   doubling, so a sequence is padded by less than a quarter of its length), as many rows
   per batch as fit `tokens_per_batch`, and no empty rows (a bucket's last batch has
-  exactly the rows left). Each (rows, length) shape compiles once per process, and once
-  per machine with the persistent compilation cache (`tokenkit.entry`). Results come
-  back in input order and do not depend on padding or grouping;
+  exactly the rows left). The vocabulary head runs only where a scored token is
+  predicted (`scored_positions`: a continuation after a long context pays for its own
+  tokens), over a width of an eighth, a quarter, a half or all of the bucket. Each
+  (rows, length, width) shape compiles once per process, and once per machine with the
+  persistent compilation cache (`tokenkit.entry`). Results come back in input order and
+  do not depend on padding or grouping;
 - `score_texts(model, texts)`: per text, the natural-log likelihood of its tokens (the
   first token, bos or not, has no prediction and is not scored), the number of scored
   tokens, its UTF-8 bytes and bits per byte (`-loglik / ln 2 / n_bytes`). Texts longer
@@ -39,7 +42,7 @@ import numpy as np
 from absl import logging
 
 from tokenkit import prompts
-from tokenkit.logits import next_token_logprobs
+from tokenkit.logits import target_logprobs
 from tokenkit.models.expand import Expansion
 from tokenkit.models.side import Forward, check_tokenizer_fits
 from tokenkit.progress import Progress
@@ -105,13 +108,35 @@ def _score_batch(
     expansion: Expansion | None,
     input_ids: jax.Array,
     attention_mask: jax.Array,
-    score_mask: jax.Array,
+    positions: jax.Array,
+    valid: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    logits = forward(params, input_ids, attention_mask, expansion=expansion).logits
-    logp, greedy = next_token_logprobs(logits, input_ids)
-    loglik = jnp.sum(jnp.where(score_mask, logp, 0.0), axis=-1)
-    all_greedy = jnp.all(greedy | ~score_mask, axis=-1)
+    logits = forward(params, input_ids, attention_mask, expansion=expansion,
+                     logit_positions=positions).logits
+    targets = jnp.take_along_axis(input_ids, jnp.minimum(positions + 1, input_ids.shape[1] - 1), axis=1)
+    logp, greedy = target_logprobs(logits, targets)
+    loglik = jnp.sum(jnp.where(valid, logp, 0.0), axis=-1)
+    all_greedy = jnp.all(greedy | ~valid, axis=-1)
     return loglik, all_greedy
+
+
+def scored_positions(
+    starts: Sequence[int], ends: Sequence[int], length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The positions that predict tokens `starts[r]..ends[r] - 1` of each row, left
+    aligned in a width of `length` / 8, / 4, / 2 or `length` (the narrowest that holds
+    every row; few widths, few compilations): int32 `[R, W]` and their validity."""
+    if any(s < 1 or e < s for s, e in zip(starts, ends)):
+        raise ValueError(f"Scored spans need 1 <= start <= end; got starts {list(starts)}, "
+                         f"ends {list(ends)}.")
+    need = max(e - s for s, e in zip(starts, ends))
+    width = next((w for w in (length // 8, length // 4, length // 2) if w >= need), length)
+    positions = np.zeros((len(starts), width), np.int32)
+    valid = np.zeros((len(starts), width), bool)
+    for r, (s, e) in enumerate(zip(starts, ends)):
+        positions[r, : e - s] = np.arange(s - 1, e - 1)
+        valid[r, : e - s] = True
+    return positions, valid
 
 
 def default_buckets(max_length: int) -> tuple[int, ...]:
@@ -210,14 +235,15 @@ def score_sequences(
     for size, n_rows, rows in plan_batches([len(s) for s in sequences], buckets, tokens_per_batch):
         ids = np.full((n_rows, size), pad_id, np.int32)
         mask = np.zeros((n_rows, size), np.int32)
-        score = np.zeros((n_rows, size), bool)
         for r, i in enumerate(rows):
             seq = sequences[i]
             ids[r, : len(seq)] = seq
             mask[r, : len(seq)] = 1
-            score[r, starts[i] : len(seq)] = True
+        positions, valid = scored_positions(
+            [min(starts[i], len(sequences[i])) for i in rows], [len(sequences[i]) for i in rows], size
+        )
         batch_loglik, batch_greedy = jax.device_get(
-            _score_batch(forward, model.params, model.expansion, ids, mask, score)
+            _score_batch(forward, model.params, model.expansion, ids, mask, positions, valid)
         )
         loglik[rows] = batch_loglik[: len(rows)]
         greedy[rows] = batch_greedy[: len(rows)]

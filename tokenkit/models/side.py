@@ -60,6 +60,7 @@ class Forward:
         output_hidden_states: bool = False,
         output_qkv: bool = False,
         return_logits: bool = True,
+        logit_positions: Array | None = None,
     ) -> TransformerOutput:
         """The model's outputs; logits float32 `[B, T, V]` with padded rows masked.
 
@@ -68,7 +69,8 @@ class Forward:
         For expanded models `expanded_input_ids` defaults to
         `expansion.apply(input_ids, attention_mask)`; decoding passes them explicitly
         (computed from a window of the last tokens). `return_logits=False` only fills a
-        cache (or returns hidden states).
+        cache (or returns hidden states); `logit_positions` `[B, M]` computes the logits
+        only there (`[B, M, V]`).
         """
         if expanded_input_ids is None and expansion is not None:
             expanded_input_ids = expansion.apply(input_ids, attention_mask)
@@ -84,6 +86,7 @@ class Forward:
             output_hidden_states=output_hidden_states,
             output_qkv=output_qkv,
             return_logits=return_logits,
+            logit_positions=logit_positions,
         )
         if out.logits is None:
             return out

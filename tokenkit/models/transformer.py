@@ -479,8 +479,13 @@ class Transformer(nn.Module):
         output_hidden_states: bool = False,
         output_qkv: bool = False,
         return_logits: bool = True,
+        logit_positions: Array | None = None,
     ) -> TransformerOutput:
         """Runs the model on `input_ids` `[B, T]` (right-padded; `attention_mask` 1 = real).
+
+        `logit_positions` (int `[B, M]`) computes the logits only at these positions
+        (`[B, M, V]`): scoring a continuation needs the vocabulary head, a fifth of a
+        small model's work, only where a scored token is predicted.
 
         `inputs_embeds` (`[B, T, D]`, already scaled as the model would) replaces the
         embedding lookup. With `cache`, the real tokens are appended to each row's cache
@@ -587,8 +592,11 @@ class Transformer(nn.Module):
             else:
                 w = _Table((c.hidden_size, c.vocab_size), ("embed", "vocab"), "kernel",
                            self.param_dtype, name="lm_head")()
+            head_in = x
+            if logit_positions is not None:
+                head_in = jnp.take_along_axis(x, logit_positions[..., None], axis=1)
             logits = jnp.einsum(
-                "btd,dv->btv", x.astype(self.dtype), w.astype(self.dtype),
+                "btd,dv->btv", head_in.astype(self.dtype), w.astype(self.dtype),
                 preferred_element_type=out_dtype,
             ).astype(out_dtype)
             if c.final_logit_softcap:
