@@ -200,3 +200,34 @@ def test_qkv_are_the_raw_projections_of_each_layer():
     want = jnp.einsum("btd,dhk->bthk", normed, layer["attention"]["query"]["kernel"])
     np.testing.assert_allclose(q[1], want.reshape(b, t, -1), rtol=1e-4, atol=1e-4)
     assert model.apply({"params": params}, ids, mask).qkv is None
+
+
+@pytest.mark.parametrize("config", [LLAMA, GEMMA2], ids=["llama", "gemma2"])
+def test_unstacked_layers_equal_the_scan(config):
+    """`layer_loop="unstacked"` over `unstack_layers(params)` gives the scan's logits,
+    hidden states and qkv, and the same cache across a prefill and a decode step."""
+    params = _scaled_params(config)
+    flat = transformer_module.unstack_layers(params, config.num_layers)
+    assert "layers" not in flat and set(flat) >= {"layers_0", "layers_1"}
+    scan, unstacked = Transformer(config), Transformer(config, layer_loop="unstacked")
+    ids, mask = _batch(config)
+    a = _apply(scan, params, ids, mask, output_hidden_states=True, output_qkv=True)
+    b = _apply(unstacked, flat, ids, mask, output_hidden_states=True, output_qkv=True)
+    np.testing.assert_allclose(b.logits, a.logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b.hidden_states, a.hidden_states, rtol=1e-5, atol=1e-5)
+    for x, y in zip(b.qkv, a.qkv):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+    def prefill_then_step(model, p):
+        cache = transformer_module.init_cache(config, ids.shape[0], 16)
+        cache = _apply(model, p, ids, mask, cache=cache).cache
+        step = _apply(model, p, ids[:, :1], np.ones_like(ids[:, :1]), cache=cache)
+        return step.logits, step.cache
+
+    (la, ca), (lb, cb) = prefill_then_step(scan, params), prefill_then_step(unstacked, flat)
+    np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cb.key, ca.key, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cb.lengths, ca.lengths)
+    assert float(jnp.abs(ca.key).sum()) > 0  # the cache was written
+    with pytest.raises(ValueError, match="layer_loop 'python' unknown"):
+        _apply(Transformer(config, layer_loop="python"), params, ids, mask)

@@ -18,7 +18,8 @@ How it runs:
   last prompt token first) with the cache, sample the next token from the logits
   (greedy, temperature, top-k, top-p), record it, make it the pending token. A row ends
   at its model's eos / end-of-turn token or at `max_new_tokens`; finished rows feed a
-  masked token so their cache stops growing.
+  masked token so their cache stops growing. On a CPU the loop runs the layers
+  unrolled over per-layer weights (`Transformer.layer_loop`), which XLA reads in place.
 - Stop sequences (`until`) are matched on the *decoded text*, exactly as lm-eval does:
   the loop returns to the host every `stop_check_every` steps, rows whose text contains
   a stop sequence are marked finished, and the text is cut before its first occurrence.
@@ -48,7 +49,7 @@ from absl import logging
 from tokenkit.evaluation import ensemble
 from tokenkit.evaluation.model import EvalModel
 from tokenkit.evaluation.scoring import bucket_length, plan_batches
-from tokenkit.models import KVCache, init_cache
+from tokenkit.models import KVCache, init_cache, unstack_layers
 from tokenkit.models.side import Forward
 from tokenkit.progress import Progress
 
@@ -227,6 +228,14 @@ def _decode(forwards, vocabulary, strategy, params, state: DecodeState, limit, *
     """
     member_ids = [jnp.asarray(ids) for ids in vocabulary.member_ids]
     stop_ids = jnp.asarray(vocabulary.stop_ids, jnp.int32)
+    if jax.default_backend() == "cpu":
+        # Each step reads every weight. XLA's CPU products copy a layer's weights out of
+        # the scan's stack first (twice the traffic of the product); unstacked once per
+        # call (every `stop_check_every` steps at most), they are read where they lie.
+        # Accelerators keep the stack: no copy of the weights, one compiled layer.
+        forwards = tuple(forward.unstacked() for forward in forwards)
+        params = tuple((unstack_layers(p, forward.module.config.num_layers), expansion)
+                       for forward, (p, expansion) in zip(forwards, params))
 
     def cond(s: DecodeState):
         return (s.step < limit) & ~jnp.all(s.finished)

@@ -46,6 +46,7 @@ from tokenkit.models.transformer import (
     init_cache,
     init_params,
     make_transformer,
+    unstack_layers,
 )
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "logical_axis_rules",
     "make_mesh",
     "make_transformer",
+    "unstack_layers",
     "merge_lora",
     "padded_size",
     "param_logical_axes",

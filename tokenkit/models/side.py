@@ -47,6 +47,12 @@ class Forward:
     module: Transformer
     num_real_tokens: int
 
+    def unstacked(self) -> Forward:
+        """This forward with its layers unrolled over per-layer parameters (its params
+        through `transformer.unstack_layers`): for decoding loops, see
+        `Transformer.layer_loop`."""
+        return Forward(self.module.clone(layer_loop="unstacked"), self.num_real_tokens)
+
     def __call__(
         self,
         params: Any,

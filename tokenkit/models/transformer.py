@@ -89,6 +89,7 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+LAYER_LOOPS = ("scan", "unstacked")
 _MASKED = float(np.finfo(np.float32).min)
 
 
@@ -133,6 +134,18 @@ def init_cache(
         value=jnp.zeros(shape, dtype),
         lengths=jnp.zeros((batch_size,), jnp.int32),
     )
+
+
+def unstack_layers(tree: Any, num_layers: int) -> Any:
+    """A params (or lora) tree with its stacked `layers` subtree (leading axis = layer)
+    split into `layers_0`, ..., `layers_{num_layers - 1}`: the tree a Transformer with
+    `layer_loop="unstacked"` reads. Other entries are kept as they are."""
+    if "layers" not in tree:
+        raise ValueError(f"The tree has no stacked `layers` entry (keys: {sorted(tree)}).")
+    out = {key: value for key, value in tree.items() if key != "layers"}
+    for i in range(num_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], tree["layers"])
+    return out
 
 
 def _dtype(x: Any) -> Any:
@@ -487,6 +500,12 @@ class Transformer(nn.Module):
       lora_alpha: LoRA scaling numerator, needed when a "lora" collection is given.
       attention_impl: "einsum" (default; supports soft-capping), or "xla" / "cudnn"
         through `jax.nn.dot_product_attention`.
+      layer_loop: "scan" (default: one compiled layer, stacked parameters under
+        `layers`), or "unstacked": the layers unrolled over per-layer parameters
+        `layers_0`, `layers_1`, ... (`unstack_layers` makes them from the stacked tree).
+        Decoding loops use it: under a scan every step copies each layer's weights out of
+        the stack before its products (on a CPU a SmolLM2 step at batch 1 took 1.5x as
+        long), while unstacked weights are read where they lie.
     """
 
     config: ModelConfig
@@ -496,6 +515,7 @@ class Transformer(nn.Module):
     logits_dtype: Any = jnp.float32
     lora_alpha: float | None = None
     attention_impl: str = "einsum"
+    layer_loop: str = "scan"
 
     @nn.compact
     def __call__(
@@ -527,6 +547,10 @@ class Transformer(nn.Module):
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(
                 f"remat_policy {self.remat_policy!r} unknown (valid: {', '.join(REMAT_POLICIES)})."
+            )
+        if self.layer_loop not in LAYER_LOOPS:
+            raise ValueError(
+                f"layer_loop {self.layer_loop!r} unknown (valid: {', '.join(LAYER_LOOPS)})."
             )
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
@@ -593,19 +617,31 @@ class Transformer(nn.Module):
         policy = REMAT_POLICIES[self.remat_policy]
         if self.remat_policy != "none":
             block = nn.remat(block, policy=policy, prevent_cse=False)
-        stack = nn.scan(
-            block,
-            variable_axes={"params": 0, "lora": 0},
-            split_rngs={"params": True},
-            in_axes=(0, nn.broadcast),
-            length=c.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(
-            c, self.dtype, self.param_dtype, self.lora_alpha, self.attention_impl,
-            output_hidden_states, output_qkv, name="layers",
-        )
         embedded = x
-        (x, new_kv), (layer_outputs, qkv) = stack((x, cache_in), per_layer, shared)
+        layer_args = (c, self.dtype, self.param_dtype, self.lora_alpha, self.attention_impl,
+                      output_hidden_states, output_qkv)
+        if self.layer_loop == "scan":
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0, "lora": 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast),
+                length=c.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(*layer_args, name="layers")
+            (x, new_kv), (layer_outputs, qkv) = stack((x, cache_in), per_layer, shared)
+        else:
+            carry, outs = (x, cache_in), []
+            for i in range(c.num_layers):
+                here = {key: value[i] for key, value in per_layer.items()}
+                carry, out = block(*layer_args, name=f"layers_{i}")(carry, here, shared)
+                outs.append(out)
+            x, new_kv = carry
+            layer_outputs, qkv = (
+                None if outs[0][j] is None
+                else jax.tree.map(lambda *a: jnp.stack(a), *[out[j] for out in outs])
+                for j in range(2)
+            )
         x = _norm(c, "final_norm", self.dtype, self.param_dtype)(x)
 
         hidden_states = None
