@@ -13,7 +13,7 @@ Three layers, each usable alone:
   per batch as fit `tokens_per_batch`, and no empty rows (a bucket's last batch has
   exactly the rows left). The vocabulary head runs only where a scored token is
   predicted (`scored_positions`: a continuation after a long context pays for its own
-  tokens), over a width of an eighth, a quarter, a half or all of the bucket. Each
+  tokens), over a width of one to eight eighths of the bucket. Each
   (rows, length, width) shape compiles once per process, and once per machine with the
   persistent compilation cache (`tokenkit.entry`). Results come back in input order and
   do not depend on padding or grouping;
@@ -124,13 +124,14 @@ def scored_positions(
     starts: Sequence[int], ends: Sequence[int], length: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The positions that predict tokens `starts[r]..ends[r] - 1` of each row, left
-    aligned in a width of `length` / 8, / 4, / 2 or `length` (the narrowest that holds
-    every row; few widths, few compilations): int32 `[R, W]` and their validity."""
+    aligned in a width of `k / 8` of `length` (rounded up; the narrowest of the eight
+    that holds every row: at most eight widths, so few compilations): int32 `[R, W]` and
+    their validity."""
     if any(s < 1 or e < s for s, e in zip(starts, ends)):
         raise ValueError(f"Scored spans need 1 <= start <= end; got starts {list(starts)}, "
                          f"ends {list(ends)}.")
     need = max(e - s for s, e in zip(starts, ends))
-    width = next((w for w in (length // 8, length // 4, length // 2) if w >= need), length)
+    width = next(w for w in (-(-length * k // 8) for k in range(1, 9)) if w >= need)
     positions = np.zeros((len(starts), width), np.int32)
     valid = np.zeros((len(starts), width), bool)
     for r, (s, e) in enumerate(zip(starts, ends)):
