@@ -65,18 +65,3 @@ def tiny_swap_spec(tiny_tokenizer_specs, tmp_path_factory):
 
     return swap
 
-
-def pytest_collection_modifyitems(config, items):
-    """Modules with the most `slow` / `real` tests run first.
-
-    The README's command hands whole files to two pytest-xdist workers in collection
-    order; the long files (tests/real, tests/training) sort last alphabetically, so one
-    worker used to finish them alone for minutes. Longest first keeps the workers busy
-    together. The order inside a module is kept (module-scoped fixtures are shared).
-    """
-    heavy: dict[str, int] = {}
-    for item in items:
-        if item.get_closest_marker("slow") or item.get_closest_marker("real"):
-            heavy[item.nodeid.split("::")[0]] = heavy.get(item.nodeid.split("::")[0], 0) + 1
-    order = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (-heavy.get(item.nodeid.split("::")[0], 0), order[id(item)]))
