@@ -64,4 +64,3 @@ def tiny_swap_spec(tiny_tokenizer_specs, tmp_path_factory):
         return made[name, target]
 
     return swap
-

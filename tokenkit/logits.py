@@ -62,10 +62,7 @@ def next_token_logprobs(logits: jax.Array, input_ids: jax.Array) -> tuple[jax.Ar
       float32 `[B, L]` log-probs and bool `[B, L]` greedy flags; entry `i` is token `i`
       predicted from position `i - 1`; entry 0 (no prediction) is 0 / True.
     """
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    targets = input_ids[:, 1:]
-    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    greedy = jnp.argmax(logp, axis=-1) == targets
+    picked, greedy = target_logprobs(logits[:, :-1], input_ids[:, 1:])
     pad = ((0, 0), (1, 0))
     return jnp.pad(picked, pad), jnp.pad(greedy, pad, constant_values=True)
 

@@ -74,7 +74,6 @@ __all__ = [
     "logical_axis_rules",
     "make_mesh",
     "make_transformer",
-    "unstack_layers",
     "merge_lora",
     "padded_size",
     "param_logical_axes",
@@ -88,4 +87,5 @@ __all__ = [
     "to_hf_dict",
     "trainable_mask",
     "trim_vocabulary",
+    "unstack_layers",
 ]
