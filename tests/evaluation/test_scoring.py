@@ -253,3 +253,60 @@ def test_batch_plan_fills_a_token_budget_without_fixed_rows():
     assert [(rows, len(members)) for _, rows, members in few] == [(8, 5)]
     with pytest.raises(ValueError, match="tokens_per_batch"):
         scoring.plan_batches(lengths, (256,), 0)
+
+
+def test_shared_contexts_score_as_unshared(llama, scored, tiny_tokenizer_specs):
+    """Sequences that share a context (run once, its cache copied to each) score as
+    each alone, with mixed lengths, several groups in a batch, lone sequences beside
+    them, and for an expanded byte-level model."""
+    tok, model, variables = llama
+    contexts = [[tok.bos_token_id] + tok.encode(t * 3, add_special_tokens=False)
+                for t in (TEXTS[0], TEXTS[1], TEXTS[5])]
+    choices = [tok.encode(" " + t, add_special_tokens=False) for t in TEXTS if t]
+    sequences, starts = [], []
+    for ctx in contexts:
+        for choice in choices[: 3 if len(ctx) > 40 else 4]:
+            sequences.append(ctx + choice)
+            starts.append(len(ctx))
+    sequences.append(contexts[0] + choices[0])  # scored from elsewhere: alone
+    starts.append(3)
+    groups = scoring.shared_prefixes(sequences, starts)
+    assert sorted(len(rows) for _, rows in groups) == sorted(
+        [3 if len(c) > 40 else 4 for c in contexts])
+    assert all(length == len(contexts[k]) for k, (length, _) in enumerate(groups))
+    lengths = [len(s) for s in sequences]
+    cap = max(lengths) + 5
+    rows = scoring.pack_groups(groups, lengths, cap)  # rows cut to fit, the context in each
+    assert sorted(i for _, members in rows for i in members) == sorted(
+        i for _, members in groups for i in members)
+    assert all(c + sum(lengths[i] - c for i in members) <= cap for c, members in rows)
+    assert len(rows) > len(groups)
+    # Unshared scoring equals the plain forward (tests above); one plain check here.
+    unshared = scoring.score_sequences(scored, sequences, starts, share_prefixes=False,
+                                       tokens_per_batch=4096, show_progress=False)
+    want = _plain_loglik(model, variables, sequences[0], len(tok), score_from=starts[0])
+    assert unshared[0].loglik == pytest.approx(want, rel=1e-5, abs=1e-4)
+    for budget in (64, 4096):  # a group per batch; all groups in one
+        shared = scoring.score_sequences(scored, sequences, starts, tokens_per_batch=budget,
+                                         show_progress=False)
+        for seq, start, got, alone in zip(sequences, starts, shared, unshared):
+            assert got.n_tokens == alone.n_tokens == len(seq) - start
+            assert got.loglik == pytest.approx(alone.loglik, rel=1e-5, abs=1e-4)
+            assert got.is_greedy == alone.is_greedy
+    assert shared[0].loglik < -5  # not vacuous
+
+    old = tok
+    new = _tok(tiny_tokenizer_specs["llama3_bpe"] + ":conversion=byte")
+    expansion = expand.build_expansion(new, old)
+    byte_model, params = _model(320, seed=1)
+    old_embeddings = np.random.default_rng(2).normal(size=(len(old), 16)).astype(np.float32)
+    params["expand_embedder"] = {"embedding": jnp.asarray(expansion.embedding_table(old_embeddings))}
+    ctx = [new.bos_token_id] + new.encode(TEXTS[0], add_special_tokens=False)
+    byte_sequences = [ctx + new.encode(" " + t, add_special_tokens=False) for t in TEXTS[1:3]]
+    got = scoring.score_sequences(_scored(new, byte_model, params, expansion=expansion),
+                                  byte_sequences, len(ctx), show_progress=False)
+    for seq, result in zip(byte_sequences, got):
+        expanded = expansion.apply(np.asarray([seq], np.int32))
+        want = _plain_loglik(byte_model, {"params": params}, seq, len(new), score_from=len(ctx),
+                             expanded=expanded)
+        assert result.loglik == pytest.approx(want, rel=1e-5, abs=1e-4)

@@ -231,3 +231,29 @@ def test_unstacked_layers_equal_the_scan(config):
     assert float(jnp.abs(ca.key).sum()) > 0  # the cache was written
     with pytest.raises(ValueError, match="layer_loop 'python' unknown"):
         _apply(Transformer(config, layer_loop="python"), params, ids, mask)
+
+
+@pytest.mark.parametrize("config", [LLAMA, GEMMA2], ids=["llama", "gemma2"])
+@pytest.mark.parametrize("block", [64, 4], ids=["one_block", "blocks_of_4"])
+def test_packed_rows_equal_separate_sequences(config, block, monkeypatch):
+    """A row `[context, a, b]` (segments 0, 1, 2; a's and b's positions following the
+    context's) gives each token the logits it has in `context + a` and `context + b` run
+    alone, with sliding windows and padding, in one causal block and in several."""
+    monkeypatch.setattr(transformer_module, "CAUSAL_BLOCK", block)
+    params = _scaled_params(config)
+    rng = np.random.default_rng(3)
+    context, a, b = (rng.integers(0, config.vocab_size, n).astype(np.int32) for n in (5, 4, 3))
+    model = Transformer(config)
+    alone = [_apply(model, params, np.concatenate([context, x])[None]).logits[0]
+             for x in (a, b)]
+    row = np.concatenate([context, a, b, [0, 0]])[None]
+    mask = np.asarray([[1] * 12 + [0, 0]], np.int32)
+    positions = np.asarray([list(range(9)) + list(range(5, 8)) + [0, 0]], np.int32)
+    segments = np.asarray([[0] * 5 + [1] * 4 + [2] * 3 + [0, 0]], np.int32)
+    packed = _apply(model, params, row, mask, positions=positions, segment_ids=segments).logits[0]
+    np.testing.assert_allclose(packed[:9], alone[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(packed[9:12], alone[1][5:], rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(alone[1][5:] - alone[0][5:8]).max()) > 1e-2  # b does not see a
+    with pytest.raises(ValueError, match="positions and segment_ids pack rows"):
+        cache = transformer_module.init_cache(config, 1, 16)
+        _apply(model, params, row, mask, cache=cache, positions=positions)

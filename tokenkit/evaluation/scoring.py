@@ -15,8 +15,12 @@ Three layers, each usable alone:
   predicted (`scored_positions`: a continuation after a long context pays for its own
   tokens), over a width of one to eight eighths of the bucket. Each
   (rows, length, width) shape compiles once per process, and once per machine with the
-  persistent compilation cache (`tokenkit.entry`). Results come back in input order and
-  do not depend on padding or grouping;
+  persistent compilation cache (`tokenkit.entry`). Sequences that start with the same
+  context (the tokens before their last unscored one: lm-eval's choices of one
+  question) run that context once (`shared_prefixes`): it fills a KV cache that each
+  sequence's own tokens attend to, so a four-choice question costs one context and
+  four continuations, not four of each. Results come back in input order
+  and do not depend on padding, grouping or sharing;
 - `score_texts(model, texts)`: per text, the natural-log likelihood of its tokens (the
   first token, bos or not, has no prediction and is not scored), the number of scored
   tokens, its UTF-8 bytes and bits per byte (`-loglik / ln 2 / n_bytes`). Texts longer
@@ -45,6 +49,7 @@ from tokenkit import prompts
 from tokenkit.logits import target_logprobs
 from tokenkit.models.expand import Expansion
 from tokenkit.models.side import Forward, check_tokenizer_fits
+from tokenkit.models.transformer import init_cache
 from tokenkit.progress import Progress
 
 DEFAULT_MAX_LENGTH = 2048
@@ -52,6 +57,9 @@ DEFAULT_TOKENS_PER_BATCH = 8192
 MIN_BUCKET = 16
 # Buckets per doubling of the length (see `default_buckets`).
 BUCKETS_PER_OCTAVE = 4
+# Shortest context run once for several sequences (see `shared_prefixes`): a shorter one
+# (a lone bos) saves little and would pack unrelated sequences into long rows.
+MIN_SHARED_PREFIX = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +128,67 @@ def _score_batch(
     return loglik, all_greedy
 
 
+@functools.partial(jax.jit, static_argnames=("forward",))
+def _score_packed_batch(
+    forward: Forward,
+    params: Any,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    positions: jax.Array,
+    segment_ids: jax.Array,
+    expanded_input_ids: jax.Array | None,
+    logit_positions: jax.Array,
+    targets: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Per-prediction log-probs and greedy flags `[R, W]` of packed rows (a context and
+    the continuations that share it, see `Transformer.__call__`), at `logit_positions`
+    against `targets`."""
+    logits = forward(params, input_ids, attention_mask, positions=positions,
+                     segment_ids=segment_ids, expanded_input_ids=expanded_input_ids,
+                     logit_positions=logit_positions).logits
+    return target_logprobs(logits, targets)
+
+
+def shared_prefixes(
+    sequences: Sequence[Sequence[int]], starts: Sequence[int], min_length: int = MIN_SHARED_PREFIX
+) -> list[tuple[int, list[int]]]:
+    """Groups of sequences worth scoring with one run of their common context:
+    `(context length, indices)` for each set of two or more sequences whose unscored
+    tokens (before `starts[i]`) are the same, at least `min_length` of them."""
+    by_prefix: dict[tuple[int, ...], list[int]] = {}
+    for i, (seq, start) in enumerate(zip(sequences, starts)):
+        if start >= min_length:
+            by_prefix.setdefault(tuple(seq[:start]), []).append(i)
+    return [(len(prefix), rows) for prefix, rows in by_prefix.items() if len(rows) > 1]
+
+
+def pack_groups(
+    groups: Sequence[tuple[int, list[int]]], lengths: Sequence[int], max_length: int
+) -> list[tuple[int, list[int]]]:
+    """`shared_prefixes` groups cut into packed rows of at most `max_length` tokens (the
+    context once, then each member's scored tokens): `(context length, indices)` per row.
+
+    Raises:
+      ValueError: a member does not fit a row with its context alone.
+    """
+    rows = []
+    for context, members in groups:
+        row: list[int] = []
+        used = context
+        for i in members:
+            own = lengths[i] - context
+            if context + own > max_length:
+                raise ValueError(f"Sequence {i} has {lengths[i]} tokens; the largest bucket "
+                                 f"is {max_length}.")
+            if row and used + own > max_length:
+                rows.append((context, row))
+                row, used = [], context
+            row.append(i)
+            used += own
+        rows.append((context, row))
+    return rows
+
+
 def scored_positions(
     starts: Sequence[int], ends: Sequence[int], length: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -130,14 +199,18 @@ def scored_positions(
     if any(s < 1 or e < s for s, e in zip(starts, ends)):
         raise ValueError(f"Scored spans need 1 <= start <= end; got starts {list(starts)}, "
                          f"ends {list(ends)}.")
-    need = max(e - s for s, e in zip(starts, ends))
-    width = next(w for w in (-(-length * k // 8) for k in range(1, 9)) if w >= need)
+    width = head_width(max(e - s for s, e in zip(starts, ends)), length)
     positions = np.zeros((len(starts), width), np.int32)
     valid = np.zeros((len(starts), width), bool)
     for r, (s, e) in enumerate(zip(starts, ends)):
         positions[r, : e - s] = np.arange(s - 1, e - 1)
         valid[r, : e - s] = True
     return positions, valid
+
+
+def head_width(need: int, length: int) -> int:
+    """The narrowest `k / 8` of `length` (rounded up) holding `need` predictions."""
+    return next(w for w in (-(-length * k // 8) for k in range(1, 9)) if w >= need)
 
 
 def default_buckets(max_length: int) -> tuple[int, ...]:
@@ -203,6 +276,8 @@ def score_sequences(
     *,
     tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
     buckets: Sequence[int] | None = None,
+    share_prefixes: bool = True,
+    min_shared_prefix: int = MIN_SHARED_PREFIX,
     show_progress: bool = True,
 ) -> list[SequenceScore]:
     """Sums the log-probs of tokens `score_from[i]..` of each sequence (input order kept).
@@ -213,6 +288,9 @@ def score_sequences(
       score_from: first scored position per sequence (or one for all); at least 1.
       tokens_per_batch: rows x bucket length of a batch (see `plan_batches`).
       buckets: padded lengths (default `default_buckets(longest sequence)`).
+      share_prefixes: run a context common to several sequences once (see
+        `shared_prefixes`; same results up to float rounding).
+      min_shared_prefix: the shortest context shared.
       show_progress: log progress lines.
     """
     n = len(sequences)
@@ -228,32 +306,122 @@ def score_sequences(
             raise ValueError(f"Sequence {i} is empty.")
     if buckets is None:
         buckets = default_buckets(max(max(len(s) for s in sequences), 2))
-    forward, pad_id = model.forward, model.pad_id
+    starts = [min(start, len(seq)) for seq, start in zip(sequences, starts)]
 
     loglik = np.zeros(n, np.float64)
     greedy = np.zeros(n, bool)
     progress = Progress(n, "scoring", unit="sequences", enabled=show_progress)
-    for size, n_rows, rows in plan_batches([len(s) for s in sequences], buckets, tokens_per_batch):
-        ids = np.full((n_rows, size), pad_id, np.int32)
-        mask = np.zeros((n_rows, size), np.int32)
-        for r, i in enumerate(rows):
-            seq = sequences[i]
-            ids[r, : len(seq)] = seq
-            mask[r, : len(seq)] = 1
-        positions, valid = scored_positions(
-            [min(starts[i], len(sequences[i])) for i in rows], [len(sequences[i]) for i in rows], size
-        )
-        batch_loglik, batch_greedy = jax.device_get(
-            _score_batch(forward, model.params, model.expansion, ids, mask, positions, valid)
-        )
-        loglik[rows] = batch_loglik[: len(rows)]
-        greedy[rows] = batch_greedy[: len(rows)]
-        progress.update(len(rows))
+    if share_prefixes and not _length_dependent_rope(model):
+        groups = shared_prefixes(sequences, starts, min_shared_prefix)
+        grouped = {i for _, members in groups for i in members}
+        if groups:
+            saved = sum((len(members) - 1) * length for length, members in groups)
+            logging.info(
+                "scoring: %d of %d sequences share %d contexts, each run once (%d of %d "
+                "tokens saved).", len(grouped), n, len(groups), saved, sum(map(len, sequences)),
+            )
+        singles = [(starts[i], [i]) for i in range(n) if i not in grouped]
+        rows = pack_groups(groups + singles, [len(s) for s in sequences], max(buckets))
+        _score_packed(model, sequences, rows, buckets, tokens_per_batch, loglik, greedy, progress)
+    else:
+        for size, n_rows, batch in plan_batches([len(s) for s in sequences], buckets,
+                                                tokens_per_batch):
+            ids = np.full((n_rows, size), model.pad_id, np.int32)
+            mask = np.zeros((n_rows, size), np.int32)
+            for r, i in enumerate(batch):
+                ids[r, : len(sequences[i])] = sequences[i]
+                mask[r, : len(sequences[i])] = 1
+            positions, valid = scored_positions(
+                [starts[i] for i in batch], [len(sequences[i]) for i in batch], size
+            )
+            batch_loglik, batch_greedy = jax.device_get(_score_batch(
+                model.forward, model.params, model.expansion, ids, mask, positions, valid
+            ))
+            loglik[batch] = batch_loglik[: len(batch)]
+            greedy[batch] = batch_greedy[: len(batch)]
+            progress.update(len(batch))
     progress.close()
     return [
-        SequenceScore(float(loglik[i]), max(len(s) - st, 0), bool(greedy[i]))
+        SequenceScore(float(loglik[i]), len(s) - st, bool(greedy[i]))
         for i, (s, st) in enumerate(zip(sequences, starts))
     ]
+
+
+def _length_dependent_rope(model: Any) -> bool:
+    """LongRoPE picks its factors from the length of the row, which packing changes: such
+    models score one sequence per row."""
+    config = model.config
+    return config.position_kind == "rope" and config.rope.varies_with_length
+
+
+@jax.jit
+def _expand(expansion: Expansion, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    return expansion.apply(input_ids, attention_mask)
+
+
+def _score_packed(
+    model: Any, sequences: Sequence[Sequence[int]], rows: Sequence[tuple[int, list[int]]],
+    buckets: Sequence[int], tokens_per_batch: int, loglik: np.ndarray, greedy: np.ndarray,
+    progress: Progress,
+) -> None:
+    """Scores packed rows (`pack_groups`) into `loglik`/`greedy`: each row holds a
+    context once (segment 0), then each member's scored tokens (segments 1, 2, ...) at
+    the positions after the context; a member's first token is predicted by the
+    context's last, the others by the member's own."""
+    row_lengths = [context + sum(len(sequences[i]) - context for i in members)
+                   for context, members in rows]
+    for size, n_rows, batch in plan_batches(row_lengths, buckets, tokens_per_batch):
+        width = head_width(max(row_lengths[b] - rows[b][0] for b in batch), size)
+        ids = np.full((n_rows, size), model.pad_id, np.int32)
+        mask = np.zeros((n_rows, size), np.int32)
+        positions = np.zeros((n_rows, size), np.int32)
+        segments = np.zeros((n_rows, size), np.int32)
+        logit_positions = np.zeros((n_rows, width), np.int32)
+        targets = np.zeros((n_rows, width), np.int32)
+        members = [(r, i) for r, b in enumerate(batch) for i in rows[b][1]]
+        expanded = None
+        if model.expansion is not None:
+            # Expansion reads the tokens before each one: each member's own, unpacked.
+            whole = np.full((len(members), size), model.pad_id, np.int32)
+            for m, (_, i) in enumerate(members):
+                whole[m, : len(sequences[i])] = sequences[i]
+            lengths = np.asarray([len(sequences[i]) for _, i in members])
+            whole_mask = (np.arange(size)[None, :] < lengths[:, None]).astype(np.int32)
+            member_expanded = np.asarray(_expand(model.expansion, whole, whole_mask))
+            expanded = np.full((n_rows, size), model.expansion.none_id, np.int32)
+        spans: list[tuple[int, int, int, int]] = []  # (sequence, row, first, last) predictions
+        m = 0
+        for r, b in enumerate(batch):
+            context, row = rows[b]
+            first = sequences[row[0]]
+            ids[r, :context] = first[:context]
+            positions[r, :context] = np.arange(context)
+            if expanded is not None:
+                expanded[r, :context] = member_expanded[m, :context]
+            at, head = context, 0
+            for segment, i in enumerate(row, start=1):
+                own = sequences[i][context:]
+                k = len(own)
+                ids[r, at : at + k] = own
+                positions[r, at : at + k] = np.arange(context, context + k)
+                segments[r, at : at + k] = segment
+                if expanded is not None:
+                    expanded[r, at : at + k] = member_expanded[m, context : context + k]
+                if k:
+                    logit_positions[r, head] = context - 1
+                    logit_positions[r, head + 1 : head + k] = np.arange(at, at + k - 1)
+                    targets[r, head : head + k] = own
+                spans.append((i, r, head, head + k))
+                at, head, m = at + k, head + k, m + 1
+            mask[r, :at] = 1
+        logp, is_greedy = jax.device_get(_score_packed_batch(
+            model.forward, model.params, ids, mask, positions, segments, expanded,
+            logit_positions, targets,
+        ))
+        for i, r, start, end in spans:
+            loglik[i] = float(np.sum(logp[r, start:end], dtype=np.float64))
+            greedy[i] = bool(np.all(is_greedy[r, start:end]))
+        progress.update(len(spans))
 
 
 def encode_texts(

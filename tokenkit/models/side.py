@@ -61,6 +61,8 @@ class Forward:
         *,
         lora: Any = None,
         cache: KVCache | None = None,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
         expansion: Expansion | None = None,
         expanded_input_ids: Array | None = None,
         output_hidden_states: bool = False,
@@ -74,11 +76,16 @@ class Forward:
         so jitted callers take them as inputs instead of baking them in as constants.
         For expanded models `expanded_input_ids` defaults to
         `expansion.apply(input_ids, attention_mask)`; decoding passes them explicitly
-        (computed from a window of the last tokens). `return_logits=False` only fills a
+        (computed from a window of the last tokens); packed rows (`positions`,
+        `segment_ids`, see `Transformer.__call__`) pass them too, since expansion reads
+        the tokens before each one in its own sequence. `return_logits=False` only fills a
         cache (or returns hidden states); `logit_positions` `[B, M]` computes the logits
         only there (`[B, M, V]`).
         """
         if expanded_input_ids is None and expansion is not None:
+            if positions is not None or segment_ids is not None:
+                raise ValueError("Packed rows of an expanded model need their expanded_input_ids "
+                                 "(each sequence's own, computed before packing).")
             expanded_input_ids = expansion.apply(input_ids, attention_mask)
         variables = {"params": params}
         if lora:
@@ -88,6 +95,8 @@ class Forward:
             input_ids,
             attention_mask,
             cache=cache,
+            positions=positions,
+            segment_ids=segment_ids,
             expanded_input_ids=expanded_input_ids,
             output_hidden_states=output_hidden_states,
             output_qkv=output_qkv,

@@ -404,6 +404,9 @@ class Attention(nn.Module):
             new_cache = None
 
         allowed = attention_allowed(kv["q_pos"], kv["k_pos"], kv["k_valid"], per_layer["window"])
+        if "segments" in kv:
+            segments = kv["segments"]
+            allowed &= (segments[:, None, :] == 0) | (segments[:, :, None] == segments[:, None, :])
         if self.attention_impl == "einsum":
             out = _einsum_attention(q, all_k, all_v, allowed, c.attention_scale,
                                     c.attn_logit_softcap, causal=cache_kv is None,
@@ -526,6 +529,8 @@ class Transformer(nn.Module):
         expanded_input_ids: Array | None = None,
         inputs_embeds: Array | None = None,
         cache: KVCache | None = None,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
         output_hidden_states: bool = False,
         output_qkv: bool = False,
         return_logits: bool = True,
@@ -542,6 +547,14 @@ class Transformer(nn.Module):
         and the updated cache is returned. The cache must have room: a token past
         `max_length` cannot be stored (inside jit this cannot raise), and the returned
         `lengths` then exceed `max_length`, which callers should check.
+
+        Packed rows (no cache): `positions` (int `[B, T]`, default `cumsum(mask) - 1`) and
+        `segment_ids` (int `[B, T]`) put several sequences in one row. A token attends to
+        earlier-positioned tokens of its own segment and of segment 0, a prefix every
+        segment of the row shares: `[context, choice 1, choice 2]` with segments
+        `[0.., 1.., 2..]` and each choice's positions following the context's runs the
+        context once for both. Within a segment positions grow with the index and a
+        segment comes after the prefix it reads.
         """
         c = self.config
         if self.remat_policy not in REMAT_POLICIES:
@@ -561,7 +574,13 @@ class Transformer(nn.Module):
             attention_mask = jnp.ones((b, t), jnp.int32)
         mask = attention_mask.astype(bool)
         steps = jnp.cumsum(mask.astype(jnp.int32), axis=1)
-        if cache is None:
+        if cache is not None and (positions is not None or segment_ids is not None):
+            raise ValueError("positions and segment_ids pack rows of a forward without a cache; "
+                             "a forward with a cache places tokens after each row's length.")
+        if positions is not None:
+            q_pos = positions.astype(jnp.int32)
+            row_lengths = jnp.max(jnp.where(mask, q_pos + 1, 0), axis=1)
+        elif cache is None:
             q_pos = steps - 1
             row_lengths = steps[:, -1]
         else:
@@ -591,6 +610,8 @@ class Transformer(nn.Module):
 
         if cache is None:
             shared = {"q_pos": q_pos, "k_pos": q_pos, "k_valid": mask}
+            if segment_ids is not None:
+                shared["segments"] = segment_ids.astype(jnp.int32)
             cache_in = None
         else:
             slots = jnp.arange(cache.max_length, dtype=jnp.int32)[None, :]
