@@ -191,7 +191,7 @@ def test_an_entrypoint_fills_the_persistent_compilation_cache(tmp_path):
          f"--tokenizer={model}:source=Llama3", f"--text_file={text}"],
         check=True, env=env, cwd=tmp_path, capture_output=True,
     )
-    assert any(p.name.startswith("jit__score_batch") for p in cache.iterdir())
+    assert any(p.name.startswith("jit__score_packed_batch") for p in cache.iterdir())
 
 
 @pytest.mark.slow
