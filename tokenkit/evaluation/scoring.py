@@ -15,12 +15,12 @@ Three layers, each usable alone:
   predicted (`scored_positions`: a continuation after a long context pays for its own
   tokens), over a width of one to eight eighths of the bucket. Each
   (rows, length, width) shape compiles once per process, and once per machine with the
-  persistent compilation cache (`tokenkit.entry`). Sequences that start with the same
-  context (the tokens before their last unscored one: lm-eval's choices of one
-  question) run that context once (`shared_prefixes`): it fills a KV cache that each
-  sequence's own tokens attend to, so a four-choice question costs one context and
-  four continuations, not four of each. Results come back in input order
-  and do not depend on padding, grouping or sharing;
+  persistent compilation cache (`tokenkit.entry`). Sequences with the same unscored
+  tokens (lm-eval's choices of one question) run them once (`shared_prefixes`,
+  `pack_groups`): a row holds the context, then each sequence's scored tokens as its
+  own segment, positioned after the context and attending to it and to itself, so a
+  four-choice question costs one context and four continuations, not four of each.
+  Results come back in input order and do not depend on padding, grouping or sharing;
 - `score_texts(model, texts)`: per text, the natural-log likelihood of its tokens (the
   first token, bos or not, has no prediction and is not scored), the number of scored
   tokens, its UTF-8 bytes and bits per byte (`-loglik / ln 2 / n_bytes`). Texts longer
