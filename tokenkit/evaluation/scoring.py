@@ -49,7 +49,6 @@ from tokenkit import prompts
 from tokenkit.logits import target_logprobs
 from tokenkit.models.expand import Expansion
 from tokenkit.models.side import Forward, check_tokenizer_fits
-from tokenkit.models.transformer import init_cache
 from tokenkit.progress import Progress
 
 DEFAULT_MAX_LENGTH = 2048
