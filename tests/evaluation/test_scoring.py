@@ -165,10 +165,7 @@ def test_continuations_score_only_their_positions(llama, scored):
     ids = ids[:120]
     assert len(ids) == 120
     starts = [119, 110, 90, 60, 1]  # widths 16 (an eighth of 128), 16, 32, 64, 128
-    for start in starts:
-        positions, valid = scoring.scored_positions([start], [len(ids)], 128)
-        assert valid.sum() == len(ids) - start
-        assert positions.shape[1] >= len(ids) - start
+    assert [scoring.head_width(len(ids) - s, 128) for s in starts] == [16, 16, 32, 64, 128]
     got = scoring.score_sequences(scored, [ids] * len(starts), starts, buckets=(128,),
                                   tokens_per_batch=128, show_progress=False)
     together = scoring.score_sequences(scored, [ids] * len(starts), starts, buckets=(128,),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -97,6 +98,32 @@ def test_longrope_choice_is_per_row(hf_checkpoints, tiny_hf):
         np.testing.assert_allclose(logits[b, :n], _hf_last_logits(hf_model, ids[b, :n]), atol=TOL, rtol=0)
     padded, _ = tiny_hf.hf_forward(hf_model, ids, mask)
     assert np.abs(padded[1, :7] - logits[1, :7]).max() > 1e-2  # the case that differs
+
+
+def test_longrope_scoring_keeps_one_sequence_per_row(hf_checkpoints, tiny_hf):
+    """LongRoPE picks its factors from a row's length, so scoring neither packs nor shares
+    contexts for it: sequences with a common context, on both sides of the switch, each
+    score as transformers' unpadded forward does."""
+    from tokenkit.evaluation import scoring
+    from tokenkit.models.side import Forward
+
+    path, hf_model = hf_checkpoints("phi3_longrope")
+    config, params = load_pretrained(path)
+    rng = np.random.default_rng(3)
+    # 6 and 7 tokens alone are short (LONGROPE_ORIGINAL is 8), 9 long; packed, all long.
+    context = list(rng.integers(3, config.vocab_size, 5))
+    sequences = [context + list(rng.integers(3, config.vocab_size, n)) for n in (1, 2, 4)]
+    sequences.append(list(rng.integers(3, config.vocab_size, 5)))
+    starts = [5, 5, 5, 1]
+    model = SimpleNamespace(forward=Forward(Transformer(config), config.vocab_size),
+                            params=params, pad_id=0, expansion=None, config=config)
+    got = scoring.score_sequences(model, sequences, starts, min_shared_prefix=4, buckets=(16,),
+                                  show_progress=False)
+    for seq, start, score in zip(sequences, starts, got):
+        logp = torch.log_softmax(torch.from_numpy(_hf_last_logits(hf_model, np.asarray(seq))), -1)
+        want = float(sum(logp[i - 1, seq[i]] for i in range(start, len(seq))))
+        assert score.n_tokens == len(seq) - start
+        assert score.loglik == pytest.approx(want, rel=TOL, abs=TOL)
 
 
 def _hf_cached_decode(hf_model, row: np.ndarray, prompt: int, chunks) -> list[np.ndarray]:

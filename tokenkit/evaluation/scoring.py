@@ -7,13 +7,14 @@ Three layers, each usable alone:
 - `score_sequences(model, sequences, score_from)`: sums of log-probs of the tokens
   `score_from..` of each id sequence, run through the model side's one forward pass
   (`tokenkit.models.side`, which applies input-id expansion and masks the padded
-  vocabulary). Batches are planned by `plan_batches`: sequences sorted by length, each
+  vocabulary). Rows (a sequence alone, or a shared context and its continuations, see
+  below) are batched by `plan_batches`: sorted by length, each
   padded to the smallest bucket length that holds it (`default_buckets`: four steps per
   doubling, so a sequence is padded by less than a quarter of its length), as many rows
   per batch as fit `tokens_per_batch`, and no empty rows (a bucket's last batch has
   exactly the rows left). The vocabulary head runs only where a scored token is
-  predicted (`scored_positions`: a continuation after a long context pays for its own
-  tokens), over a width of one to eight eighths of the bucket. Each
+  predicted (a continuation after a long context pays for its own tokens), over a
+  width of one to eight eighths of the bucket (`head_width`). Each
   (rows, length, width) shape compiles once per process, and once per machine with the
   persistent compilation cache (`tokenkit.entry`). Sequences with the same unscored
   tokens (lm-eval's choices of one question) run them once (`shared_prefixes`,
@@ -41,7 +42,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -109,25 +109,6 @@ class TextScore:
 
 
 @functools.partial(jax.jit, static_argnames=("forward",))
-def _score_batch(
-    forward: Forward,
-    params: Any,
-    expansion: Expansion | None,
-    input_ids: jax.Array,
-    attention_mask: jax.Array,
-    positions: jax.Array,
-    valid: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-    logits = forward(params, input_ids, attention_mask, expansion=expansion,
-                     logit_positions=positions).logits
-    targets = jnp.take_along_axis(input_ids, jnp.minimum(positions + 1, input_ids.shape[1] - 1), axis=1)
-    logp, greedy = target_logprobs(logits, targets)
-    loglik = jnp.sum(jnp.where(valid, logp, 0.0), axis=-1)
-    all_greedy = jnp.all(greedy | ~valid, axis=-1)
-    return loglik, all_greedy
-
-
-@functools.partial(jax.jit, static_argnames=("forward",))
 def _score_packed_batch(
     forward: Forward,
     params: Any,
@@ -186,25 +167,6 @@ def pack_groups(
             used += own
         rows.append((context, row))
     return rows
-
-
-def scored_positions(
-    starts: Sequence[int], ends: Sequence[int], length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The positions that predict tokens `starts[r]..ends[r] - 1` of each row, left
-    aligned in a width of `k / 8` of `length` (rounded up; the narrowest of the eight
-    that holds every row: at most eight widths, so few compilations): int32 `[R, W]` and
-    their validity."""
-    if any(s < 1 or e < s for s, e in zip(starts, ends)):
-        raise ValueError(f"Scored spans need 1 <= start <= end; got starts {list(starts)}, "
-                         f"ends {list(ends)}.")
-    width = head_width(max(e - s for s, e in zip(starts, ends)), length)
-    positions = np.zeros((len(starts), width), np.int32)
-    valid = np.zeros((len(starts), width), bool)
-    for r, (s, e) in enumerate(zip(starts, ends)):
-        positions[r, : e - s] = np.arange(s - 1, e - 1)
-        valid[r, : e - s] = True
-    return positions, valid
 
 
 def head_width(need: int, length: int) -> int:
@@ -310,35 +272,20 @@ def score_sequences(
     loglik = np.zeros(n, np.float64)
     greedy = np.zeros(n, bool)
     progress = Progress(n, "scoring", unit="sequences", enabled=show_progress)
+    groups = []
     if share_prefixes and not _length_dependent_rope(model):
         groups = shared_prefixes(sequences, starts, min_shared_prefix)
-        grouped = {i for _, members in groups for i in members}
-        if groups:
-            saved = sum((len(members) - 1) * length for length, members in groups)
-            logging.info(
-                "scoring: %d of %d sequences share %d contexts, each run once (%d of %d "
-                "tokens saved).", len(grouped), n, len(groups), saved, sum(map(len, sequences)),
-            )
-        singles = [(starts[i], [i]) for i in range(n) if i not in grouped]
-        rows = pack_groups(groups + singles, [len(s) for s in sequences], max(buckets))
-        _score_packed(model, sequences, rows, buckets, tokens_per_batch, loglik, greedy, progress)
-    else:
-        for size, n_rows, batch in plan_batches([len(s) for s in sequences], buckets,
-                                                tokens_per_batch):
-            ids = np.full((n_rows, size), model.pad_id, np.int32)
-            mask = np.zeros((n_rows, size), np.int32)
-            for r, i in enumerate(batch):
-                ids[r, : len(sequences[i])] = sequences[i]
-                mask[r, : len(sequences[i])] = 1
-            positions, valid = scored_positions(
-                [starts[i] for i in batch], [len(sequences[i]) for i in batch], size
-            )
-            batch_loglik, batch_greedy = jax.device_get(_score_batch(
-                model.forward, model.params, model.expansion, ids, mask, positions, valid
-            ))
-            loglik[batch] = batch_loglik[: len(batch)]
-            greedy[batch] = batch_greedy[: len(batch)]
-            progress.update(len(batch))
+    grouped = {i for _, members in groups for i in members}
+    if groups:
+        saved = sum((len(members) - 1) * length for length, members in groups)
+        logging.info(
+            "scoring: %d of %d sequences share %d contexts, each run once (%d of %d "
+            "tokens saved).", len(grouped), n, len(groups), saved, sum(map(len, sequences)),
+        )
+    # A sequence alone is a row of its own: its unscored tokens as the context.
+    singles = [(starts[i], [i]) for i in range(n) if i not in grouped]
+    rows = pack_groups(groups + singles, [len(s) for s in sequences], max(buckets))
+    _score_packed(model, sequences, rows, buckets, tokens_per_batch, loglik, greedy, progress)
     progress.close()
     return [
         SequenceScore(float(loglik[i]), len(s) - st, bool(greedy[i]))
