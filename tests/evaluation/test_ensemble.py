@@ -14,7 +14,7 @@ from scipy.special import logsumexp
 
 from tests.evaluation.support import forward_logprobs
 from tokenkit import prompts
-from tokenkit.evaluation import ensemble
+from tokenkit.evaluation import ensemble, scoring
 from tokenkit.evaluation.generate import Generator
 from tokenkit.evaluation.lm import TokenkitLM
 
@@ -95,6 +95,22 @@ def _combined(vocab, member_logits, strategy):
     return sum(unified) / len(unified)
 
 
+def _lockstep_expected(lm, context, continuation, strategy) -> float:
+    """The combined log-likelihood of one request from each member's plain forward."""
+    per_member = [lm._encode_pair(m, context, continuation) for m in lm.models]
+    n = len(per_member[0][0]) - per_member[0][1]
+    assert n == len(per_member[1][0]) - per_member[1][1] > 0
+    logits = []
+    for model, (ids, start) in zip(lm.models, per_member):
+        # Log-probabilities differ from logits by a shift per position, which neither
+        # strategy's softmax sees.
+        logits.append(forward_logprobs(model, ids)[start - 1: len(ids) - 1])
+    combined = _combined(lm.vocabulary, logits, strategy)
+    combined = combined - logsumexp(combined, axis=-1, keepdims=True)
+    labels = lm._inverse[0][per_member[0][0][per_member[0][1]:]]
+    return float(combined[np.arange(n), labels].sum())
+
+
 @pytest.mark.parametrize("strategy", ensemble.COMBINE_STRATEGIES)
 def test_two_models_lockstep_loglikelihood(qwen_models, strategy):
     native, transferred = qwen_models
@@ -106,18 +122,32 @@ def test_two_models_lockstep_loglikelihood(qwen_models, strategy):
         # The Llama3-family member reads a bos first, the Qwen2 one does not.
         assert per_member[1][0][0] == transferred.tokenizer.bos_token_id
         assert per_member[0][0][0] != per_member[1][0][0]
-        n = len(per_member[0][0]) - per_member[0][1]
-        assert n == len(per_member[1][0]) - per_member[1][1] > 0
-        logits = []
-        for model, (ids, start) in zip(lm.models, per_member):
-            # Log-probabilities differ from logits by a shift per position, which neither
-            # strategy's softmax sees.
-            logits.append(forward_logprobs(model, ids)[start - 1: len(ids) - 1])
-        combined = _combined(lm.vocabulary, logits, strategy)
-        combined = combined - logsumexp(combined, axis=-1, keepdims=True)
-        labels = lm._inverse[0][per_member[0][0][per_member[0][1]:]]
-        expected = float(combined[np.arange(n), labels].sum())
+        expected = _lockstep_expected(lm, context, continuation, strategy)
         assert logprob == pytest.approx(expected, abs=2e-3, rel=1e-5)
+
+
+def test_lockstep_choices_share_their_question(qwen_models, caplog):
+    """The choices of a question run its context once under every member (rows cut to
+    fit, a request alone beside them) and score as each request alone."""
+    native, transferred = qwen_models
+    lm = TokenkitLM(models=[native, transferred], lengths=(32,), tokens_per_batch=64,
+                    show_progress=False)
+    question = "Spell [quinbersamis] in reverse order, then say which country Fograd is in:"
+    choices = [" simasrebniuq", " Dresesh", " 19", " quinbersamis"]
+    pairs = [(question, c) for c in choices] + [PAIRS[0]]
+    items = [[lm._encode_pair(m, *pair) for m in lm.models] for pair in pairs]
+    rows = scoring.plan_rows(lm.models, [[it[m][0] for it in items] for m in (0, 1)],
+                             [[it[m][1] for it in items] for m in (0, 1)], 32)
+    # The question is 20 / 21 tokens; its choices need two rows of 32 under the second.
+    assert sorted(members for _, members in rows) == [[0, 1, 2], [3], [4]]
+    assert rows[0][0] == (20, 21)
+    with caplog.at_level("INFO"):
+        results = lm.loglikelihood(requests("loglikelihood", pairs))
+    assert "4 of 5 sequences share 1 contexts" in caplog.text
+    for (context, continuation), (logprob, _) in zip(pairs, results):
+        expected = _lockstep_expected(lm, context, continuation, "mean_prob")
+        assert logprob == pytest.approx(expected, abs=2e-3, rel=1e-5)
+    assert results[0][0] < -1  # not vacuous
 
 
 def _naive_lockstep_greedy(models, vocab, prompt, max_new, strategy="mean_prob"):

@@ -253,8 +253,8 @@ def test_batch_plan_fills_a_token_budget_without_fixed_rows():
 
 
 def test_shared_contexts_score_as_unshared(llama, scored, tiny_tokenizer_specs):
-    """Sequences that share a context (run once, its cache copied to each) score as
-    each alone, with mixed lengths, several groups in a batch, lone sequences beside
+    """Sequences that share a context (run once, each sequence a segment after it) score
+    as each alone, with mixed lengths, several groups in a batch, lone sequences beside
     them, and for an expanded byte-level model."""
     tok, model, variables = llama
     contexts = [[tok.bos_token_id] + tok.encode(t * 3, add_special_tokens=False)
@@ -267,16 +267,16 @@ def test_shared_contexts_score_as_unshared(llama, scored, tiny_tokenizer_specs):
             starts.append(len(ctx))
     sequences.append(contexts[0] + choices[0])  # scored from elsewhere: alone
     starts.append(3)
-    groups = scoring.shared_prefixes(sequences, starts)
+    groups = scoring.shared_prefixes([sequences], [starts])
     assert sorted(len(rows) for _, rows in groups) == sorted(
         [3 if len(c) > 40 else 4 for c in contexts])
-    assert all(length == len(contexts[k]) for k, (length, _) in enumerate(groups))
+    assert all(length == (len(contexts[k]),) for k, (length, _) in enumerate(groups))
     lengths = [len(s) for s in sequences]
     cap = max(lengths) + 5
-    rows = scoring.pack_groups(groups, lengths, cap)  # rows cut to fit, the context in each
+    rows = scoring.pack_groups(groups, [lengths], cap)  # rows cut to fit, the context in each
     assert sorted(i for _, members in rows for i in members) == sorted(
         i for _, members in groups for i in members)
-    assert all(c + sum(lengths[i] - c for i in members) <= cap for c, members in rows)
+    assert all(c + sum(lengths[i] - c for i in members) <= cap for (c,), members in rows)
     assert len(rows) > len(groups)
     # Unshared scoring equals the plain forward (tests above); one plain check here.
     unshared = scoring.score_sequences(scored, sequences, starts, share_prefixes=False,

@@ -244,6 +244,29 @@ def combine_logits(logits: Sequence[Array], strategy: str) -> Array:
     return jax.nn.logsumexp(logprobs, axis=0) - jnp.log(float(len(logits)))
 
 
+def aligned_logprobs(
+    member_logits: Sequence[Array],
+    labels: Array,
+    vocabulary: UnifiedVocabulary,
+    strategy: str,
+) -> tuple[Array, Array]:
+    """Per scored token, its log-probability under the combined distribution and whether
+    it is the combined argmax (`[B, K]` each).
+
+    Args:
+      member_logits: per member, float32 logits `[B, K, V_i]` at the positions that
+        predict the K scored tokens.
+      labels: int32 `[B, K]`, the scored tokens as unified indices.
+      vocabulary: the unified vocabulary.
+      strategy: one of `COMBINE_STRATEGIES`.
+    """
+    unified = [gather_unified(logits, vocabulary.member_ids[i], vocabulary.is_identity)
+               for i, logits in enumerate(member_logits)]
+    logprobs = jax.nn.log_softmax(combine_logits(unified, strategy), axis=-1)
+    token_lp = jnp.take_along_axis(logprobs, labels[:, :, None], axis=-1)[..., 0]
+    return token_lp, jnp.argmax(logprobs, axis=-1) == labels
+
+
 def score_aligned(
     member_logits: Sequence[Array],
     positions: Sequence[Array],
@@ -266,13 +289,9 @@ def score_aligned(
     Returns:
       (sum of log-probabilities `[B]`, whether every scored token is the combined argmax `[B]`).
     """
-    unified = []
-    for i, (logits, pos) in enumerate(zip(member_logits, positions)):
-        picked = jnp.take_along_axis(logits, pos[:, :, None], axis=1)
-        unified.append(gather_unified(picked, vocabulary.member_ids[i], vocabulary.is_identity))
-    logprobs = jax.nn.log_softmax(combine_logits(unified, strategy), axis=-1)
-    token_lp = jnp.take_along_axis(logprobs, labels[:, :, None], axis=-1)[..., 0]
-    greedy = jnp.argmax(logprobs, axis=-1) == labels
+    picked = [jnp.take_along_axis(logits, pos[:, :, None], axis=1)
+              for logits, pos in zip(member_logits, positions)]
+    token_lp, greedy = aligned_logprobs(picked, labels, vocabulary, strategy)
     total = jnp.sum(jnp.where(label_mask, token_lp, 0.0), axis=-1)
     all_greedy = jnp.all(greedy | ~label_mask, axis=-1)
     return total, all_greedy

@@ -89,13 +89,16 @@ def has_slot_markers(text: str) -> bool:
     return any(marker in text for marker in families.SLOT_MARKERS)
 
 
-def _ensemble_score(forwards, vocabulary, strategy, params, input_ids, masks, positions,
-                    labels, label_mask):
+def _ensemble_score(forwards, vocabulary, strategy, params, rows, labels):
+    """Per-prediction log-probs and greedy flags `[R, W]` of the members' packed rows
+    (`scoring.pack_rows`), combined."""
     logits = [
-        forward(p, ids, mask, expansion=expansion).logits
-        for forward, (p, expansion), ids, mask in zip(forwards, params, input_ids, masks)
+        forward(p, ids, mask, positions=positions, segment_ids=segments, expansion=expansion,
+                expanded_input_ids=expanded, logit_positions=logit_positions).logits
+        for forward, (p, expansion), (ids, mask, positions, segments, expanded, logit_positions)
+        in zip(forwards, params, rows)
     ]
-    return ensemble.score_aligned(logits, positions, labels, label_mask, vocabulary, strategy)
+    return ensemble.aligned_logprobs(logits, labels, vocabulary, strategy)
 
 
 _COMPILED: dict[tuple, Callable] = {}
@@ -425,40 +428,49 @@ class TokenkitLM(LM):
     def _score_ensemble(
         self, items: list[list[tuple[list[int], int]]], what: str
     ) -> list[tuple[float, bool]]:
+        """The members' rows in lockstep, packed as `scoring` packs one model's: the
+        choices of a question share its context when they do under every member."""
         labels = [self._unified_labels(row) for row in items]
-        longest = [max(len(ids) for ids, _ in row) for row in items]
+        sequences = [[row[m][0] for row in items] for m in range(len(self.models))]
+        starts = [[row[m][1] for row in items] for m in range(len(self.models))]
+        for i, row in enumerate(items):
+            for m, (seq, start) in enumerate(row):
+                if len(seq) - start != len(labels[i]):
+                    raise ValueError(
+                        f"{what}: request {i} has {len(labels[i])} scored tokens for the "
+                        f"first member and {len(seq) - start} for {self.models[m].name} "
+                        f"(truncated differently at {self.lengths[-1]} tokens: raise lengths)."
+                    )
+        rows = scoring.plan_rows(self.models, sequences, starts, max(self.score_buckets))
+        lengths = [[len(s) for s in seqs] for seqs in sequences]
+        sizes = [scoring.row_tokens(row, lengths) for row in rows]
         params = tuple((m.params, m.expansion) for m in self.models)
-        out: list[tuple[float, bool]] = [(0.0, True)] * len(items)
+        loglik = np.zeros(len(items), np.float64)
+        greedy = np.zeros(len(items), bool)
         progress = Progress(len(items), what, unit="requests", enabled=self.show_progress)
-        for bucket, rows, batch in scoring.plan_batches(longest, self.score_buckets,
-                                                        self.tokens_per_batch):
-            ids = [np.full((rows, bucket), m.pad_id, np.int32) for m in self.models]
-            masks = [np.zeros((rows, bucket), np.int32) for _ in self.models]
-            positions = [np.zeros((rows, bucket), np.int32) for _ in self.models]
-            unified = np.zeros((rows, bucket), np.int32)
-            label_mask = np.zeros((rows, bucket), bool)
-            for r, i in enumerate(batch):
-                for m, (seq, start) in enumerate(items[i]):
-                    ids[m][r, : len(seq)] = seq
-                    masks[m][r, : len(seq)] = 1
-                    k = len(seq) - start
-                    if k != len(labels[i]):
-                        raise ValueError(
-                            f"{what}: request {i} has {len(labels[i])} scored tokens for the "
-                            f"first member and {k} for {self.models[m].name} (truncated "
-                            f"differently at {self.lengths[-1]} tokens: raise lengths)."
-                        )
-                    positions[m][r, :k] = np.arange(start - 1, len(seq) - 1)
-                unified[r, : len(labels[i])] = labels[i]
-                label_mask[r, : len(labels[i])] = True
-            loglik, greedy = jax.device_get(self._ensemble_score(
-                params, tuple(ids), tuple(masks), tuple(positions), unified, label_mask
-            ))
-            for r, i in enumerate(batch):
-                out[i] = (float(loglik[r]), bool(greedy[r]))
-            progress.update(len(batch))
+        for size, _, batch in scoring.plan_batches([longest for longest, _ in sizes],
+                                                   self.score_buckets, self.tokens_per_batch):
+            width = scoring.head_width(max(sizes[b][1] for b in batch), size)
+            packed = [
+                scoring.pack_rows(model, sequences[m], [(rows[b][0][m], rows[b][1]) for b in batch],
+                                  size, width)
+                for m, model in enumerate(self.models)
+            ]
+            # Every member scores the same number of tokens per request (checked above), so
+            # their heads hold each request at the same place.
+            spans = packed[0].spans
+            unified = np.zeros((len(batch), width), np.int32)
+            for i, r, first, end in spans:
+                unified[r, first:end] = labels[i]
+            member_rows = tuple((p.input_ids, p.attention_mask, p.positions, p.segment_ids,
+                                 p.expanded_input_ids, p.logit_positions) for p in packed)
+            logp, is_greedy = jax.device_get(self._ensemble_score(params, member_rows, unified))
+            for i, r, first, end in spans:
+                loglik[i] = float(np.sum(logp[r, first:end], dtype=np.float64))
+                greedy[i] = bool(np.all(is_greedy[r, first:end]))
+            progress.update(len(spans))
         progress.close()
-        return out
+        return [(float(lp), bool(g)) for lp, g in zip(loglik, greedy)]
 
     # ------------------------------------------------------------------ lm-eval API
 

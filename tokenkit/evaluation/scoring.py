@@ -129,44 +129,138 @@ def _score_packed_batch(
     return target_logprobs(logits, targets)
 
 
+# A packed row: per model scored in lockstep, its context length; then the indices of
+# the sequences that follow the context, each as its own segment.
+Row = tuple[tuple[int, ...], list[int]]
+
+
 def shared_prefixes(
-    sequences: Sequence[Sequence[int]], starts: Sequence[int], min_length: int = MIN_SHARED_PREFIX
-) -> list[tuple[int, list[int]]]:
-    """Groups of sequences worth scoring with one run of their common context:
-    `(context length, indices)` for each set of two or more sequences whose unscored
-    tokens (before `starts[i]`) are the same, at least `min_length` of them."""
-    by_prefix: dict[tuple[int, ...], list[int]] = {}
-    for i, (seq, start) in enumerate(zip(sequences, starts)):
-        if start >= min_length:
-            by_prefix.setdefault(tuple(seq[:start]), []).append(i)
-    return [(len(prefix), rows) for prefix, rows in by_prefix.items() if len(rows) > 1]
+    sequences: Sequence[Sequence[Sequence[int]]],
+    starts: Sequence[Sequence[int]],
+    min_length: int = MIN_SHARED_PREFIX,
+) -> list[Row]:
+    """Groups of requests worth scoring with one run of their common context.
+
+    For one model, or several scored in lockstep (an ensemble's members, each with its
+    own ids of the same requests): `sequences[m][i]` and `starts[m][i]` are request i's
+    ids and first scored index under model m. A group is two or more requests whose
+    unscored tokens are the same under every model, at least `min_length` of them under
+    each: `(context length per model, indices)`.
+    """
+    by_prefix: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+    for i in range(len(sequences[0])):
+        if all(own[i] >= min_length for own in starts):
+            key = tuple(tuple(seqs[i][: own[i]]) for seqs, own in zip(sequences, starts))
+            by_prefix.setdefault(key, []).append(i)
+    return [(tuple(map(len, key)), rows) for key, rows in by_prefix.items() if len(rows) > 1]
 
 
 def pack_groups(
-    groups: Sequence[tuple[int, list[int]]], lengths: Sequence[int], max_length: int
-) -> list[tuple[int, list[int]]]:
-    """`shared_prefixes` groups cut into packed rows of at most `max_length` tokens (the
-    context once, then each member's scored tokens): `(context length, indices)` per row.
+    groups: Sequence[Row], lengths: Sequence[Sequence[int]], max_length: int
+) -> list[Row]:
+    """Groups (`shared_prefixes`, or a sequence alone with its unscored tokens as the
+    context) cut into packed rows of at most `max_length` tokens under every model (the
+    context once, then each sequence's scored tokens); `lengths[m][i]` is sequence i's
+    length under model m.
 
     Raises:
-      ValueError: a member does not fit a row with its context alone.
+      ValueError: a sequence does not fit a row with its context alone.
     """
     rows = []
-    for context, members in groups:
+    for contexts, members in groups:
         row: list[int] = []
-        used = context
+        used = list(contexts)
         for i in members:
-            own = lengths[i] - context
-            if context + own > max_length:
-                raise ValueError(f"Sequence {i} has {lengths[i]} tokens; the largest bucket "
-                                 f"is {max_length}.")
-            if row and used + own > max_length:
-                rows.append((context, row))
-                row, used = [], context
+            own = [lengths[m][i] - context for m, context in enumerate(contexts)]
+            for m, context in enumerate(contexts):
+                if context + own[m] > max_length:
+                    raise ValueError(f"Sequence {i} has {lengths[m][i]} tokens; the largest "
+                                     f"bucket is {max_length}.")
+            if row and any(u + o > max_length for u, o in zip(used, own)):
+                rows.append((contexts, row))
+                row, used = [], list(contexts)
             row.append(i)
-            used += own
-        rows.append((context, row))
+            used = [u + o for u, o in zip(used, own)]
+        rows.append((contexts, row))
     return rows
+
+
+def row_tokens(row: Row, lengths: Sequence[Sequence[int]]) -> tuple[int, int]:
+    """(The row's longest length over the models, its scored tokens under the first.)"""
+    contexts, members = row
+    longest = max(context + sum(lengths[m][i] - context for i in members)
+                  for m, context in enumerate(contexts))
+    return longest, sum(lengths[0][i] - contexts[0] for i in members)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedRows:
+    """A batch of packed rows of one model, as `Transformer.__call__` takes them: int32
+    `[R, L]` arrays (`expanded_input_ids` None for a model without input-id expansion),
+    the head's `logit_positions` and `targets` `[R, W]`, and per sequence
+    `(index, row, first, end)`: its predictions are `[row, first:end]` of the head."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    positions: np.ndarray
+    segment_ids: np.ndarray
+    expanded_input_ids: np.ndarray | None
+    logit_positions: np.ndarray
+    targets: np.ndarray
+    spans: list[tuple[int, int, int, int]]
+
+
+def pack_rows(
+    model: Any, sequences: Sequence[Sequence[int]], rows: Sequence[tuple[int, list[int]]],
+    length: int, width: int,
+) -> PackedRows:
+    """Lays out `(context length, indices)` rows of `model`'s `sequences` in `length`
+    tokens: the context once (segment 0), then each sequence's tokens after the context
+    (segments 1, 2, ...) at the positions that follow it. A sequence's first token
+    after the context is predicted by the context's last, the others by its own."""
+    n_rows = len(rows)
+    ids = np.full((n_rows, length), model.pad_id, np.int32)
+    mask = np.zeros((n_rows, length), np.int32)
+    positions = np.zeros((n_rows, length), np.int32)
+    segments = np.zeros((n_rows, length), np.int32)
+    logit_positions = np.zeros((n_rows, width), np.int32)
+    targets = np.zeros((n_rows, width), np.int32)
+    members = [i for _, row in rows for i in row]
+    expanded = None
+    if model.expansion is not None:
+        # Expansion reads the tokens before each one: each sequence's own, unpacked.
+        whole = np.full((len(members), length), model.pad_id, np.int32)
+        for m, i in enumerate(members):
+            whole[m, : len(sequences[i])] = sequences[i]
+        lengths = np.asarray([len(sequences[i]) for i in members])
+        whole_mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
+        member_expanded = np.asarray(_expand(model.expansion, whole, whole_mask))
+        expanded = np.full((n_rows, length), model.expansion.none_id, np.int32)
+    spans: list[tuple[int, int, int, int]] = []
+    m = 0
+    for r, (context, row) in enumerate(rows):
+        first = sequences[row[0]]
+        ids[r, :context] = first[:context]
+        positions[r, :context] = np.arange(context)
+        if expanded is not None:
+            expanded[r, :context] = member_expanded[m, :context]
+        at, head = context, 0
+        for segment, i in enumerate(row, start=1):
+            own = sequences[i][context:]
+            k = len(own)
+            ids[r, at : at + k] = own
+            positions[r, at : at + k] = np.arange(context, context + k)
+            segments[r, at : at + k] = segment
+            if expanded is not None:
+                expanded[r, at : at + k] = member_expanded[m, context : context + k]
+            if k:
+                logit_positions[r, head] = context - 1
+                logit_positions[r, head + 1 : head + k] = np.arange(at, at + k - 1)
+                targets[r, head : head + k] = own
+            spans.append((i, r, head, head + k))
+            at, head, m = at + k, head + k, m + 1
+        mask[r, :at] = 1
+    return PackedRows(ids, mask, positions, segments, expanded, logit_positions, targets, spans)
 
 
 def head_width(need: int, length: int) -> int:
@@ -272,20 +366,24 @@ def score_sequences(
     loglik = np.zeros(n, np.float64)
     greedy = np.zeros(n, bool)
     progress = Progress(n, "scoring", unit="sequences", enabled=show_progress)
-    groups = []
-    if share_prefixes and not _length_dependent_rope(model):
-        groups = shared_prefixes(sequences, starts, min_shared_prefix)
-    grouped = {i for _, members in groups for i in members}
-    if groups:
-        saved = sum((len(members) - 1) * length for length, members in groups)
-        logging.info(
-            "scoring: %d of %d sequences share %d contexts, each run once (%d of %d "
-            "tokens saved).", len(grouped), n, len(groups), saved, sum(map(len, sequences)),
-        )
-    # A sequence alone is a row of its own: its unscored tokens as the context.
-    singles = [(starts[i], [i]) for i in range(n) if i not in grouped]
-    rows = pack_groups(groups + singles, [len(s) for s in sequences], max(buckets))
-    _score_packed(model, sequences, rows, buckets, tokens_per_batch, loglik, greedy, progress)
+    rows = plan_rows([model], [sequences], [starts], max(buckets), share=share_prefixes,
+                     min_shared_prefix=min_shared_prefix)
+    lengths = [[len(s) for s in sequences]]
+    sizes = [row_tokens(row, lengths) for row in rows]
+    for size, _, batch in plan_batches([longest for longest, _ in sizes], buckets,
+                                       tokens_per_batch):
+        width = head_width(max(sizes[b][1] for b in batch), size)
+        packed = pack_rows(model, sequences, [(rows[b][0][0], rows[b][1]) for b in batch],
+                           size, width)
+        logp, is_greedy = jax.device_get(_score_packed_batch(
+            model.forward, model.params, packed.input_ids, packed.attention_mask,
+            packed.positions, packed.segment_ids, packed.expanded_input_ids,
+            packed.logit_positions, packed.targets,
+        ))
+        for i, r, first, end in packed.spans:
+            loglik[i] = float(np.sum(logp[r, first:end], dtype=np.float64))
+            greedy[i] = bool(np.all(is_greedy[r, first:end]))
+        progress.update(len(packed.spans))
     progress.close()
     return [
         SequenceScore(float(loglik[i]), len(s) - st, bool(greedy[i]))
@@ -293,9 +391,34 @@ def score_sequences(
     ]
 
 
+def plan_rows(
+    models: Sequence[Any], sequences: Sequence[Sequence[Sequence[int]]],
+    starts: Sequence[Sequence[int]], max_length: int, *, share: bool = True,
+    min_shared_prefix: int = MIN_SHARED_PREFIX,
+) -> list[Row]:
+    """The packed rows of requests scored by `models` in lockstep (`sequences[m][i]`,
+    `starts[m][i]`: see `shared_prefixes`): requests that share a context together, the
+    others alone with their unscored tokens as the context. Nothing is shared with
+    `share=False` or for a LongRoPE model (its factors follow the row's length, which
+    packing changes)."""
+    n = len(sequences[0])
+    groups = []
+    if share and not any(_length_dependent_rope(model) for model in models):
+        groups = shared_prefixes(sequences, starts, min_shared_prefix)
+    grouped = {i for _, members in groups for i in members}
+    if groups:
+        saved = sum((len(members) - 1) * contexts[0] for contexts, members in groups)
+        logging.info(
+            "scoring: %d of %d sequences share %d contexts, each run once (%d of %d "
+            "tokens saved).", len(grouped), n, len(groups), saved,
+            sum(map(len, sequences[0])),
+        )
+    singles = [(tuple(own[i] for own in starts), [i]) for i in range(n) if i not in grouped]
+    lengths = [[len(s) for s in seqs] for seqs in sequences]
+    return pack_groups(groups + singles, lengths, max_length)
+
+
 def _length_dependent_rope(model: Any) -> bool:
-    """LongRoPE picks its factors from the length of the row, which packing changes: such
-    models score one sequence per row."""
     config = model.config
     return config.position_kind == "rope" and config.rope.varies_with_length
 
@@ -303,71 +426,6 @@ def _length_dependent_rope(model: Any) -> bool:
 @jax.jit
 def _expand(expansion: Expansion, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     return expansion.apply(input_ids, attention_mask)
-
-
-def _score_packed(
-    model: Any, sequences: Sequence[Sequence[int]], rows: Sequence[tuple[int, list[int]]],
-    buckets: Sequence[int], tokens_per_batch: int, loglik: np.ndarray, greedy: np.ndarray,
-    progress: Progress,
-) -> None:
-    """Scores packed rows (`pack_groups`) into `loglik`/`greedy`: each row holds a
-    context once (segment 0), then each member's scored tokens (segments 1, 2, ...) at
-    the positions after the context; a member's first token is predicted by the
-    context's last, the others by the member's own."""
-    row_lengths = [context + sum(len(sequences[i]) - context for i in members)
-                   for context, members in rows]
-    for size, n_rows, batch in plan_batches(row_lengths, buckets, tokens_per_batch):
-        width = head_width(max(row_lengths[b] - rows[b][0] for b in batch), size)
-        ids = np.full((n_rows, size), model.pad_id, np.int32)
-        mask = np.zeros((n_rows, size), np.int32)
-        positions = np.zeros((n_rows, size), np.int32)
-        segments = np.zeros((n_rows, size), np.int32)
-        logit_positions = np.zeros((n_rows, width), np.int32)
-        targets = np.zeros((n_rows, width), np.int32)
-        members = [(r, i) for r, b in enumerate(batch) for i in rows[b][1]]
-        expanded = None
-        if model.expansion is not None:
-            # Expansion reads the tokens before each one: each member's own, unpacked.
-            whole = np.full((len(members), size), model.pad_id, np.int32)
-            for m, (_, i) in enumerate(members):
-                whole[m, : len(sequences[i])] = sequences[i]
-            lengths = np.asarray([len(sequences[i]) for _, i in members])
-            whole_mask = (np.arange(size)[None, :] < lengths[:, None]).astype(np.int32)
-            member_expanded = np.asarray(_expand(model.expansion, whole, whole_mask))
-            expanded = np.full((n_rows, size), model.expansion.none_id, np.int32)
-        spans: list[tuple[int, int, int, int]] = []  # (sequence, row, first, last) predictions
-        m = 0
-        for r, b in enumerate(batch):
-            context, row = rows[b]
-            first = sequences[row[0]]
-            ids[r, :context] = first[:context]
-            positions[r, :context] = np.arange(context)
-            if expanded is not None:
-                expanded[r, :context] = member_expanded[m, :context]
-            at, head = context, 0
-            for segment, i in enumerate(row, start=1):
-                own = sequences[i][context:]
-                k = len(own)
-                ids[r, at : at + k] = own
-                positions[r, at : at + k] = np.arange(context, context + k)
-                segments[r, at : at + k] = segment
-                if expanded is not None:
-                    expanded[r, at : at + k] = member_expanded[m, context : context + k]
-                if k:
-                    logit_positions[r, head] = context - 1
-                    logit_positions[r, head + 1 : head + k] = np.arange(at, at + k - 1)
-                    targets[r, head : head + k] = own
-                spans.append((i, r, head, head + k))
-                at, head, m = at + k, head + k, m + 1
-            mask[r, :at] = 1
-        logp, is_greedy = jax.device_get(_score_packed_batch(
-            model.forward, model.params, ids, mask, positions, segments, expanded,
-            logit_positions, targets,
-        ))
-        for i, r, start, end in spans:
-            loglik[i] = float(np.sum(logp[r, start:end], dtype=np.float64))
-            greedy[i] = bool(np.all(is_greedy[r, start:end]))
-        progress.update(len(spans))
 
 
 def encode_texts(
