@@ -95,8 +95,9 @@ def _combined(vocab, member_logits, strategy):
     return sum(unified) / len(unified)
 
 
-def _lockstep_expected(lm, context, continuation, strategy) -> float:
-    """The combined log-likelihood of one request from each member's plain forward."""
+def _lockstep_expected(lm, context, continuation, strategy) -> tuple[float, bool]:
+    """The combined log-likelihood of one request from each member's plain forward, and
+    whether each continuation token is the combination's argmax."""
     per_member = [lm._encode_pair(m, context, continuation) for m in lm.models]
     n = len(per_member[0][0]) - per_member[0][1]
     assert n == len(per_member[1][0]) - per_member[1][1] > 0
@@ -108,7 +109,8 @@ def _lockstep_expected(lm, context, continuation, strategy) -> float:
     combined = _combined(lm.vocabulary, logits, strategy)
     combined = combined - logsumexp(combined, axis=-1, keepdims=True)
     labels = lm._inverse[0][per_member[0][0][per_member[0][1]:]]
-    return float(combined[np.arange(n), labels].sum())
+    greedy = bool(np.all(combined.argmax(axis=-1) == labels))
+    return float(combined[np.arange(n), labels].sum()), greedy
 
 
 @pytest.mark.parametrize("strategy", ensemble.COMBINE_STRATEGIES)
@@ -117,13 +119,14 @@ def test_two_models_lockstep_loglikelihood(qwen_models, strategy):
     lm = TokenkitLM(models=[native, transferred], lengths=(32,), tokens_per_batch=128,
                     combine_strategy=strategy, show_progress=False)
     results = lm.loglikelihood(requests("loglikelihood", PAIRS))
-    for (context, continuation), (logprob, _) in zip(PAIRS, results):
+    for (context, continuation), (logprob, greedy) in zip(PAIRS, results):
         per_member = [lm._encode_pair(m, context, continuation) for m in lm.models]
         # The Llama3-family member reads a bos first, the Qwen2 one does not.
         assert per_member[1][0][0] == transferred.tokenizer.bos_token_id
         assert per_member[0][0][0] != per_member[1][0][0]
-        expected = _lockstep_expected(lm, context, continuation, strategy)
+        expected, expected_greedy = _lockstep_expected(lm, context, continuation, strategy)
         assert logprob == pytest.approx(expected, abs=2e-3, rel=1e-5)
+        assert greedy == expected_greedy
 
 
 def test_lockstep_choices_share_their_question(qwen_models, caplog):
@@ -133,21 +136,27 @@ def test_lockstep_choices_share_their_question(qwen_models, caplog):
     lm = TokenkitLM(models=[native, transferred], lengths=(32,), tokens_per_batch=64,
                     show_progress=False)
     question = "Spell [quinbersamis] in reverse order, then say which country Fograd is in:"
-    choices = [" simasrebniuq", " Dresesh", " 19", " quinbersamis"]
+    # A fifth choice: the ensemble's own argmax after the question (a greedy flag to see).
+    per_member = [lm._encode_pair(m, question, " x") for m in lm.models]
+    first = [forward_logprobs(m, ids)[start - 1: start]
+             for m, (ids, start) in zip(lm.models, per_member)]
+    best = int(lm.vocabulary.member_ids[0][_combined(lm.vocabulary, first, "mean_prob")[0].argmax()])
+    choices = [" simasrebniuq", " Dresesh", " 19", " quinbersamis", native.tokenizer.decode([best])]
     pairs = [(question, c) for c in choices] + [PAIRS[0]]
     items = [[lm._encode_pair(m, *pair) for m in lm.models] for pair in pairs]
     rows = scoring.plan_rows(lm.models, [[it[m][0] for it in items] for m in (0, 1)],
                              [[it[m][1] for it in items] for m in (0, 1)], 32)
-    # The question is 20 / 21 tokens; its choices need two rows of 32 under the second.
-    assert sorted(members for _, members in rows) == [[0, 1, 2], [3], [4]]
+    # The question is 20 / 21 tokens; its choices need two rows of 32.
+    assert sorted(members for _, members in rows) == [[0, 1, 2], [3, 4], [5]]
     assert rows[0][0] == (20, 21)
     with caplog.at_level("INFO"):
         results = lm.loglikelihood(requests("loglikelihood", pairs))
-    assert "4 of 5 sequences share 1 contexts" in caplog.text
-    for (context, continuation), (logprob, _) in zip(pairs, results):
-        expected = _lockstep_expected(lm, context, continuation, "mean_prob")
+    assert "5 of 6 sequences share 1 contexts" in caplog.text
+    for (context, continuation), (logprob, greedy) in zip(pairs, results):
+        expected, expected_greedy = _lockstep_expected(lm, context, continuation, "mean_prob")
         assert logprob == pytest.approx(expected, abs=2e-3, rel=1e-5)
-    assert results[0][0] < -1  # not vacuous
+        assert greedy == expected_greedy
+    assert results[0][0] < -1 and results[4][1]  # not vacuous
 
 
 def _naive_lockstep_greedy(models, vocab, prompt, max_new, strategy="mean_prob"):
@@ -208,20 +217,27 @@ def test_shipped_ensemble_definitions_parse(name):
     assert all(":source=" in s.tokenizer for s in specs)
 
 
-def test_score_aligned_masks_and_positions():
-    # Two members with identical logits but different offsets (a bos in front of one).
+@pytest.mark.parametrize("strategy", ensemble.COMBINE_STRATEGIES)
+def test_aligned_logprobs_equal_the_combination(strategy):
+    """Per-token log-probs and argmax flags of the combination, on a unified vocabulary
+    that reorders one member's ids, with a label far in both members' tails (finite)."""
     rng = np.random.default_rng(1)
-    logits = rng.normal(size=(1, 5, 6)).astype(np.float32)
-    shifted = np.concatenate([rng.normal(size=(1, 1, 6)).astype(np.float32), logits], axis=1)
-    vocab = ensemble.UnifiedVocabulary((np.arange(6, dtype=np.int32),) * 2, (5,), True)
-    labels = jnp.asarray([[2, 4, 0]])
-    mask = jnp.asarray([[True, True, False]])
-    total, greedy = ensemble.score_aligned(
-        [jnp.asarray(logits), jnp.asarray(shifted)],
-        [jnp.asarray([[1, 2, 0]]), jnp.asarray([[2, 3, 0]])], labels, mask, vocab, "mean_prob")
-    lp = np.asarray(jax.nn.log_softmax(logits[0], -1))
-    assert float(total[0]) == pytest.approx(lp[1, 2] + lp[2, 4], abs=1e-5)
-    assert bool(greedy[0]) == (lp[1].argmax() == 2 and lp[2].argmax() == 4)
+    a, b = (rng.normal(size=(2, 2, 3, 6)) * 4).astype(np.float32)  # [B, K, V] each
+    b[0, 2, 3] = a[0, 2, 3] = -300.0
+    order = np.asarray([5, 0, 1, 2, 3, 4], np.int32)  # member 1 spells unified id u as order[u]
+    vocab = ensemble.UnifiedVocabulary((np.arange(6, dtype=np.int32), order), (5,), False)
+    b_member = np.empty_like(b)
+    b_member[..., order] = b
+    labels = np.asarray([[2, 4, 3], [0, 1, 5]], np.int32)
+    lp, greedy = ensemble.aligned_logprobs([jnp.asarray(a), jnp.asarray(b_member)],
+                                           jnp.asarray(labels), vocab, strategy)
+    combined = _combined(vocab, [a, b_member], strategy)
+    combined = combined - logsumexp(combined, axis=-1, keepdims=True)
+    want = np.take_along_axis(combined, labels[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(np.asarray(lp), want, rtol=1e-5, atol=1e-4)
+    assert np.isfinite(np.asarray(lp)).all() and float(lp[0, 2]) < -250
+    np.testing.assert_array_equal(np.asarray(greedy), combined.argmax(-1) == labels)
+    assert np.asarray(greedy).any() and not np.asarray(greedy).all()
 
 
 # ------------------------------------------------------- through a pivot (MinED mappings)

@@ -53,6 +53,7 @@ from absl import logging
 
 from tokenkit import tokenizer_info
 from tokenkit.byteify import ByteifyTokenizer
+from tokenkit.logits import target_logprobs
 
 Array = jax.Array
 
@@ -260,41 +261,24 @@ def aligned_logprobs(
       vocabulary: the unified vocabulary.
       strategy: one of `COMBINE_STRATEGIES`.
     """
+    check_combine_strategy(strategy)
     unified = [gather_unified(logits, vocabulary.member_ids[i], vocabulary.is_identity)
                for i, logits in enumerate(member_logits)]
-    logprobs = jax.nn.log_softmax(combine_logits(unified, strategy), axis=-1)
-    token_lp = jnp.take_along_axis(logprobs, labels[:, :, None], axis=-1)[..., 0]
-    return token_lp, jnp.argmax(logprobs, axis=-1) == labels
-
-
-def score_aligned(
-    member_logits: Sequence[Array],
-    positions: Sequence[Array],
-    labels: Array,
-    label_mask: Array,
-    vocabulary: UnifiedVocabulary,
-    strategy: str,
-) -> tuple[Array, Array]:
-    """Log-likelihoods of continuations under the combined distribution.
-
-    Args:
-      member_logits: per member, float32 logits `[B, T_i, V_i]`.
-      positions: per member, int32 `[B, K]`: the position whose logits predict the k-th
-        scored token (its index minus one).
-      labels: int32 `[B, K]`, the scored tokens as unified indices.
-      label_mask: bool `[B, K]`, which of the K entries are real.
-      vocabulary: the unified vocabulary.
-      strategy: one of `COMBINE_STRATEGIES`.
-
-    Returns:
-      (sum of log-probabilities `[B]`, whether every scored token is the combined argmax `[B]`).
-    """
-    picked = [jnp.take_along_axis(logits, pos[:, :, None], axis=1)
-              for logits, pos in zip(member_logits, positions)]
-    token_lp, greedy = aligned_logprobs(picked, labels, vocabulary, strategy)
-    total = jnp.sum(jnp.where(label_mask, token_lp, 0.0), axis=-1)
-    all_greedy = jnp.all(greedy | ~label_mask, axis=-1)
-    return total, all_greedy
+    if strategy == "mean_logits":
+        return target_logprobs(sum(unified[1:], unified[0]) / len(unified), labels)
+    # mean_prob, as `combine_logits` computes it, without materialising the members'
+    # log-softmaxes, their stack or the combination's: a head's logits are the largest
+    # arrays of scoring, and each pass over them costs what the passes of the head do.
+    picked = []
+    total = None
+    for logits in unified:
+        logits = logits.astype(jnp.float32)
+        lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+        picked.append(jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0] - lse[..., 0])
+        probs = jnp.exp(logits - lse)
+        total = probs if total is None else total + probs
+    token_lp = jax.nn.logsumexp(jnp.stack(picked), axis=0) - jnp.log(float(len(unified)))
+    return token_lp, jnp.argmax(total, axis=-1) == labels
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@
     python tools/benchmarks/real_speed.py --sections=score --repeats=3
     python tools/benchmarks/real_speed.py --compilation_cache=~/.cache/tokenkit/jax
 
-Three measurements on the real assets (`tools/real_assets.py`), each timing ours and
+Four measurements on the real assets (`tools/real_assets.py`), each timing ours and
 theirs interleaved (ours, theirs, ours, theirs, ...) so that the load other jobs put on
 a shared machine hits both alike; the load average is printed with each section:
 
@@ -19,6 +19,9 @@ a shared machine hits both alike; the load average is printed with each section:
 - **lm_eval**: the `loglikelihood` requests of the first `--lm_eval_items` items of the
   `real_docs_mc` task (`data/eval_tasks/real_docs`), through our `TokenkitLM` and
   lm-eval's `HFLM` (`--hf_batch_size`); same checks, plus each side's accuracy.
+- **ensemble**: the same requests through a token-level ensemble of SmolLM2 with itself
+  (`TokenkitLM` with two members, `mean_prob`: it scores as the model alone), against
+  `HFLM` run once per member, the cost of the same two models through transformers.
 - **generate**: greedy generation of exactly `--new_tokens` tokens (stop tokens off)
   after chat prompts, at batch 1 and 8: our `Generator` (bucket lengths
   `--gen_lengths`) against `model.generate` (left padding); tokens/s over all rows,
@@ -45,7 +48,8 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("sections", ["score", "lm_eval", "generate"], "What to measure.")
+flags.DEFINE_list("sections", ["score", "lm_eval", "ensemble", "generate"],
+                  "What to measure.")
 flags.DEFINE_integer("repeats", 2, "Warm calls per side (interleaved); the best counts.")
 flags.DEFINE_integer("long_tokens", 2400, "Tokens per long text (whole paragraphs, at least this).")
 flags.DEFINE_integer("long_texts", 5, "How many long texts.")
@@ -196,6 +200,29 @@ def bench_lm_eval(model, repeats: int, rtol: float) -> list[dict]:
     return [{"what": f"lm-eval loglikelihood x{len(requests)}", **r}]
 
 
+def bench_ensemble(model, repeats: int, rtol: float) -> list[dict]:
+    from lm_eval.models.huggingface import HFLM
+
+    from tokenkit.evaluation.lm import TokenkitLM
+
+    requests, items = mc_requests(FLAGS.lm_eval_items)
+    ours_lm = TokenkitLM(models=[model, model], combine_strategy="mean_prob", show_progress=False)
+    theirs_lm = HFLM(pretrained=str(model.name), device="cpu", dtype="float32",
+                     batch_size=FLAGS.hf_batch_size)
+    print(f"ensemble: {len(requests)} loglikelihood requests, 2 members; {load_average()}",
+          flush=True)
+
+    def theirs():
+        members = [[x[0] for x in theirs_lm.loglikelihood(requests, disable_tqdm=True)]
+                   for _ in range(2)]
+        return members[0]
+
+    r = interleaved(lambda: [x[0] for x in ours_lm.loglikelihood(requests)], theirs, repeats)
+    r["max_rel_diff"] = check_close("ensemble", r["out_ours"], r["out_theirs"], rtol)
+    r["note"] = f"acc ours {accuracy(items, r['out_ours']):.3f}; theirs: HFLM once per member"
+    return [{"what": f"ensemble of 2, loglikelihood x{len(requests)}", **r}]
+
+
 def bench_generate(model, hf_model, hf_tokenizer, repeats: int) -> list[dict]:
     import torch
 
@@ -287,9 +314,10 @@ def main(argv: Sequence[str]) -> None:
     del argv
     if str(REPO) not in sys.path:  # run as a script: tools/ is not importable otherwise
         sys.path.insert(0, str(REPO))
-    unknown = set(FLAGS.sections) - {"score", "lm_eval", "generate"}
+    unknown = set(FLAGS.sections) - {"score", "lm_eval", "ensemble", "generate"}
     if unknown:
-        raise app.UsageError(f"Unknown sections {sorted(unknown)}; valid: score, lm_eval, generate")
+        raise app.UsageError(f"Unknown sections {sorted(unknown)}; valid: score, lm_eval, "
+                             "ensemble, generate")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -316,6 +344,8 @@ def main(argv: Sequence[str]) -> None:
         rows += bench_score(model, hf_model, FLAGS.repeats, FLAGS.rtol)
     if "lm_eval" in FLAGS.sections:
         rows += bench_lm_eval(model, FLAGS.repeats, FLAGS.rtol)
+    if "ensemble" in FLAGS.sections:
+        rows += bench_ensemble(model, FLAGS.repeats, FLAGS.rtol)
     if "generate" in FLAGS.sections:
         rows += bench_generate(model, hf_model, hf_tokenizer, FLAGS.repeats)
     print(f"\nend: {load_average()}")
