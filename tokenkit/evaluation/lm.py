@@ -441,33 +441,22 @@ class TokenkitLM(LM):
                         f"first member and {len(seq) - start} for {self.models[m].name} "
                         f"(truncated differently at {self.lengths[-1]} tokens: raise lengths)."
                     )
-        rows = scoring.plan_rows(self.models, sequences, starts, max(self.score_buckets))
-        lengths = [[len(s) for s in seqs] for seqs in sequences]
-        sizes = [scoring.row_tokens(row, lengths) for row in rows]
         params = tuple((m.params, m.expansion) for m in self.models)
         loglik = np.zeros(len(items), np.float64)
         greedy = np.zeros(len(items), bool)
         progress = Progress(len(items), what, unit="requests", enabled=self.show_progress)
-        for size, _, batch in scoring.plan_batches([longest for longest, _ in sizes],
-                                                   self.score_buckets, self.tokens_per_batch):
-            width = scoring.head_width(max(sizes[b][1] for b in batch), size)
-            packed = [
-                scoring.pack_rows(model, sequences[m], [(rows[b][0][m], rows[b][1]) for b in batch],
-                                  size, width)
-                for m, model in enumerate(self.models)
-            ]
+        for packed in scoring.packed_batches(self.models, sequences, starts, self.score_buckets,
+                                             self.tokens_per_batch):
             # Every member scores the same number of tokens per request (checked above), so
             # their heads hold each request at the same place.
             spans = packed[0].spans
-            unified = np.zeros((len(batch), width), np.int32)
+            unified = np.zeros(packed[0].targets.shape, np.int32)
             for i, r, first, end in spans:
                 unified[r, first:end] = labels[i]
             member_rows = tuple((p.input_ids, p.attention_mask, p.positions, p.segment_ids,
                                  p.expanded_input_ids, p.logit_positions) for p in packed)
             logp, is_greedy = jax.device_get(self._ensemble_score(params, member_rows, unified))
-            for i, r, first, end in spans:
-                loglik[i] = float(np.sum(logp[r, first:end], dtype=np.float64))
-                greedy[i] = bool(np.all(is_greedy[r, first:end]))
+            scoring.add_span_scores(spans, logp, is_greedy, loglik, greedy)
             progress.update(len(spans))
         progress.close()
         return [(float(lp), bool(g)) for lp, g in zip(loglik, greedy)]

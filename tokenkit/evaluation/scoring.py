@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -366,23 +366,14 @@ def score_sequences(
     loglik = np.zeros(n, np.float64)
     greedy = np.zeros(n, bool)
     progress = Progress(n, "scoring", unit="sequences", enabled=show_progress)
-    rows = plan_rows([model], [sequences], [starts], max(buckets), share=share_prefixes,
-                     min_shared_prefix=min_shared_prefix)
-    lengths = [[len(s) for s in sequences]]
-    sizes = [row_tokens(row, lengths) for row in rows]
-    for size, _, batch in plan_batches([longest for longest, _ in sizes], buckets,
-                                       tokens_per_batch):
-        width = head_width(max(sizes[b][1] for b in batch), size)
-        packed = pack_rows(model, sequences, [(rows[b][0][0], rows[b][1]) for b in batch],
-                           size, width)
+    for (packed,) in packed_batches([model], [sequences], [starts], buckets, tokens_per_batch,
+                                    share=share_prefixes, min_shared_prefix=min_shared_prefix):
         logp, is_greedy = jax.device_get(_score_packed_batch(
             model.forward, model.params, packed.input_ids, packed.attention_mask,
             packed.positions, packed.segment_ids, packed.expanded_input_ids,
             packed.logit_positions, packed.targets,
         ))
-        for i, r, first, end in packed.spans:
-            loglik[i] = float(np.sum(logp[r, first:end], dtype=np.float64))
-            greedy[i] = bool(np.all(is_greedy[r, first:end]))
+        add_span_scores(packed.spans, logp, is_greedy, loglik, greedy)
         progress.update(len(packed.spans))
     progress.close()
     return [
@@ -416,6 +407,36 @@ def plan_rows(
     singles = [(tuple(own[i] for own in starts), [i]) for i in range(n) if i not in grouped]
     lengths = [[len(s) for s in seqs] for seqs in sequences]
     return pack_groups(groups + singles, lengths, max_length)
+
+
+def packed_batches(
+    models: Sequence[Any], sequences: Sequence[Sequence[Sequence[int]]],
+    starts: Sequence[Sequence[int]], buckets: Sequence[int], tokens_per_batch: int, *,
+    share: bool = True, min_shared_prefix: int = MIN_SHARED_PREFIX,
+) -> Iterator[list[PackedRows]]:
+    """The batches of `plan_rows`' rows, one `PackedRows` per model each (the models'
+    spans agree when every request scores as many tokens under each model)."""
+    rows = plan_rows(models, sequences, starts, max(buckets), share=share,
+                     min_shared_prefix=min_shared_prefix)
+    lengths = [[len(s) for s in seqs] for seqs in sequences]
+    sizes = [row_tokens(row, lengths) for row in rows]
+    for size, _, batch in plan_batches([longest for longest, _ in sizes], buckets,
+                                       tokens_per_batch):
+        width = head_width(max(sizes[b][1] for b in batch), size)
+        yield [pack_rows(model, sequences[m], [(rows[b][0][m], rows[b][1]) for b in batch],
+                         size, width)
+               for m, model in enumerate(models)]
+
+
+def add_span_scores(
+    spans: Sequence[tuple[int, int, int, int]], logp: np.ndarray, is_greedy: np.ndarray,
+    loglik: np.ndarray, greedy: np.ndarray,
+) -> None:
+    """Each sequence's sum of per-prediction log-probs and whether all were greedy, from a
+    batch's head outputs `[R, W]` into `loglik[i]` / `greedy[i]`."""
+    for i, r, first, end in spans:
+        loglik[i] = float(np.sum(logp[r, first:end], dtype=np.float64))
+        greedy[i] = bool(np.all(is_greedy[r, first:end]))
 
 
 def _length_dependent_rope(model: Any) -> bool:
