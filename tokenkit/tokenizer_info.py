@@ -307,6 +307,36 @@ def mined_mapping(tokenizer_teacher: Any, tokenizer_student: Any) -> tuple[np.nd
     return mapping, {token: best_of[token][1] for token in student}
 
 
+def limit_mined_mapping(
+    mapping: np.ndarray, distances: Mapping[str, int], tokenizer_student: Any, max_distance: int
+) -> np.ndarray:
+    """`mapping` with -1 (no teacher counterpart) for student ids whose token lies more
+    than `max_distance` edits from its teacher token; the count is logged.
+
+    `distances` is `mined_mapping`'s second result (`{student token: distance}`); an id
+    whose token it lacks is an error, since the mapping then belongs to another pair.
+    """
+    limited = np.array(mapping, np.int32, copy=True)
+    missing = []
+    for student_id in range(len(limited)):
+        try:
+            spelled = tokenizer_student.convert_ids_to_tokens(student_id)
+        except IndexError:  # a hole in the id range: never produced
+            continue
+        if spelled not in distances:
+            missing.append(spelled)
+        elif distances[spelled] > max_distance:
+            limited[student_id] = -1
+    if missing:
+        raise ValueError(
+            f"{len(missing)} student tokens have no MinED distance (first: {missing[:3]}); "
+            "the mapping was computed for another tokenizer pair."
+        )
+    logging.info("MinED: %d of %d student ids lie more than %d edits from any teacher token "
+                 "and get no mapped probability", int((limited < 0).sum()), len(limited), max_distance)
+    return limited
+
+
 def _deltas(limit: int) -> Iterable[int]:
     """0, 1, -1, 2, -2, ... up to +-limit: length differences, nearest first."""
     yield 0

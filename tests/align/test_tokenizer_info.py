@@ -123,6 +123,25 @@ def test_mined_mapping_on_the_tiny_world(tiny_tokenizer_specs):
             assert levenshtein(token, mapped) == best == distances[token], token
 
 
+def test_limit_mined_mapping_marks_far_tokens_and_rejects_another_pair():
+    class Vocab:
+        tokens = ["a", "ab", "abcd", "xyz"]
+
+        def __len__(self):
+            return len(self.tokens)
+
+        def convert_ids_to_tokens(self, i):
+            return self.tokens[i]
+
+    mapping = np.array([3, 4, 5, 6], np.int32)
+    limited = tokenizer_info.limit_mined_mapping(
+        mapping, {"a": 0, "ab": 1, "abcd": 2, "xyz": 3}, Vocab(), max_distance=1)
+    np.testing.assert_array_equal(limited, [3, 4, -1, -1])
+    np.testing.assert_array_equal(mapping, [3, 4, 5, 6])  # the input is left alone
+    with pytest.raises(ValueError, match="1 student tokens have no MinED distance"):
+        tokenizer_info.limit_mined_mapping(mapping, {"a": 0, "ab": 1, "abcd": 2}, Vocab(), 1)
+
+
 def test_pair_data_loads_and_names_what_is_missing(tmp_path, tiny_tokenizer_specs):
     from tokenkit.entry import REPO_ROOT
 

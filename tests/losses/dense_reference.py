@@ -316,7 +316,9 @@ def mined_dense(batch, student_logits, teacher_logits, mapping, student_vocab_ma
     chunk_teacher = jnp.einsum("bic,biv->bcv", b, t_logits)  # the one row of a 1:1 chunk
     per_student = jnp.einsum("brc,bcv->brv", a * one_to_one[:, None, :], chunk_teacher)
     vocab = student_vocab_mask.shape[0]
-    mapped = per_student[..., jnp.pad(mapping, (0, vocab - mapping.shape[0]))] + s_mask_add
+    mapping = jnp.pad(mapping, (0, vocab - mapping.shape[0]))
+    no_counterpart = jnp.where(mapping < 0, LARGE_NEG, 0.0)  # -1: no teacher token
+    mapped = per_student[..., jnp.maximum(mapping, 0)] + s_mask_add + no_counterpart
     is_11 = jnp.einsum("brc,bc->br", a, one_to_one) > 0
     is_target = a.sum(-1) > 0
     onehot = jax.nn.one_hot(batch["input_ids_student"][:, 1:], vocab)

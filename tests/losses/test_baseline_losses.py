@@ -133,6 +133,25 @@ def test_mined_matches_dense(seed):
     np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-8)
 
 
+def test_mined_tokens_without_a_counterpart_get_no_target_probability():
+    s = make_setup(27)
+    mapping = np.asarray(s.ctx.mined_mapping).copy()
+    mapping[::3] = -1
+    ctx = dataclasses.replace(s.ctx, mined_mapping=jnp.asarray(mapping))
+    loss, _ = baseline_mined_loss(ctx, MinedOptions(kd_temp=1.0))
+    # The reference: the same targets, those columns' teacher logits pushed to -inf.
+    ref = dense.mined_dense(
+        s.batch, s.student_logits, s.teacher_logits, jnp.asarray(mapping),
+        s.student_constants.vocab_mask, s.teacher_constants.vocab_mask, kd_temp=1.0,
+    )
+    np.testing.assert_allclose(loss, ref, rtol=1e-5)
+    assert np.isfinite(float(loss))
+    unlimited = float(baseline_mined_loss(s.ctx, MinedOptions(kd_temp=1.0))[0])
+    assert abs(float(loss) - unlimited) > 1e-4
+    with pytest.raises(ValueError, match="max_distance=-1"):
+        MinedOptions(max_distance=-1)
+
+
 def test_mined_uses_the_mapping_and_adds_up():
     s = make_setup(26)
     base = float(baseline_mined_loss(s.ctx)[0])

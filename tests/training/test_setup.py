@@ -120,6 +120,22 @@ def test_pair_data_and_mined_mapping(mesh):
         _build(mesh, f"build_run.target_tokenizer = '{GEMMA2}'", losses=("sft", "baseline_mined"))
 
 
+def test_mined_max_distance_leaves_unshared_tokens_without_a_counterpart(mesh):
+    pair = TokenizerPair(path=str(REPO / "data" / "tokenizer_pairs" / "llama3_bpe__gemma2_sp"))
+    full = _build(mesh, f"build_run.target_tokenizer = '{GEMMA2}'",
+                  losses=("sft", "baseline_mined"), pair=pair).mined_mapping
+    gin.clear_config()
+    run = _build(mesh, f"build_run.target_tokenizer = '{GEMMA2}'", "MinedOptions.max_distance = 0",
+                 losses=("sft", "baseline_mined"), pair=pair)
+    limited = np.asarray(run.mined_mapping)
+    teacher_vocab = run.teacher.tokenizer.get_vocab()
+    shared = np.array([run.student.tokenizer.convert_ids_to_tokens(i) in teacher_vocab
+                       for i in range(len(limited))])
+    assert 0 < shared.sum() < len(limited)
+    np.testing.assert_array_equal(limited[shared], np.asarray(full)[shared])
+    assert (limited[~shared] == -1).all()
+
+
 @pytest.mark.parametrize("binding, message", [
     ("build_run.train_model_mode = 'adapters'", "valid: full, lora, embeddings"),
     ("build_run.output_embeddings_mode = 'split'", "valid: preserve, untie"),

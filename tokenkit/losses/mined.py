@@ -10,6 +10,14 @@ gets one KL term on the student's prediction of it:
 - otherwise the target is the one-hot distribution of the student's token (logits
   100 / -100000, as in the DSKD reference code).
 
+A negative entry of `mined_mapping` marks a student token with no teacher counterpart:
+the mapped target gives it no probability. `MinedOptions.max_distance` makes those
+entries (`tokenizer_info.limit_mined_mapping`): with 0, the target of a one-to-one
+token is the teacher's distribution over the tokens both vocabularies spell alike,
+rather than every student token taking the logit of its nearest teacher token (which,
+between a 49k and a 152k vocabulary, hands each of the 112k unshared student tokens a
+copy of some teacher token's probability).
+
 The sum is divided by the number of such student targets in the global batch.
 
 Differences from the upstream code, which pairs the two models' predictions *after* a
@@ -38,13 +46,23 @@ ONEHOT_LOW = -100_000.0
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class MinedOptions:
-    """Static options of `baseline_mined`. kd_temp: softmax temperature of both sides."""
+    """Static options of `baseline_mined`.
+
+    Attributes:
+      kd_temp: softmax temperature of both sides.
+      max_distance: student tokens whose edit distance to their nearest teacher token
+        exceeds this get no mapped probability (None: every token keeps its mapping, as
+        in the upstream).
+    """
 
     kd_temp: float = 2.0
+    max_distance: int | None = None
 
     def __post_init__(self):
         if self.kd_temp <= 0:
             raise ValueError(f"Invalid kd_temp={self.kd_temp}; must be > 0.")
+        if self.max_distance is not None and self.max_distance < 0:
+            raise ValueError(f"Invalid max_distance={self.max_distance}; must be >= 0 or None.")
 
 
 def _targets(batch, name: str):
@@ -70,6 +88,7 @@ def baseline_mined_loss(
         raise ValueError(f"mined_mapping has {mapping.shape[0]} entries, more than the student vocabulary {vocab_size}.")
     # Padded student rows map to teacher id 0; the student vocabulary mask hides them.
     mapping = jnp.pad(mapping, (0, vocab_size - mapping.shape[0]))
+    has_counterpart = mapping >= 0
 
     t_ids, s_ids, num_chunks = _targets(ctx.batch, name)
     t_counts = chunklib.chunk_token_counts(t_ids, num_chunks)
@@ -85,8 +104,8 @@ def baseline_mined_loss(
     token_teacher_row = jnp.take_along_axis(teacher_row, chunk_of, axis=1)
 
     teacher_logits = teacher.logits[:, :-1]
-    mapped = chunklib.gather_positions(teacher_logits, token_teacher_row)[..., mapping]
-    mapped = masked_logits(mapped, s_vocab)
+    mapped = chunklib.gather_positions(teacher_logits, token_teacher_row)[..., jnp.maximum(mapping, 0)]
+    mapped = masked_logits(mapped, s_vocab & has_counterpart)
     targets = ctx.batch.student.input_ids[:, 1:].astype(jnp.int32)
     onehot = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32)
     onehot_logits = masked_logits(onehot * ONEHOT_HIGH + (1 - onehot) * ONEHOT_LOW, s_vocab)

@@ -32,6 +32,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tokenkit import losses as losses_lib
+from tokenkit import tokenizer_info
 from tokenkit.byteify import ByteifyTokenizer, load_byteify_tokenizer
 from tokenkit.data.pairs import TokenizerPair
 from tokenkit.models import (
@@ -393,6 +394,15 @@ def build_run(
                 "(tools/compute_mined_mapping.py)."
             )
         mined = pair_data.mined_mapping
+        limit = next(loss.options.max_distance for loss in losses if loss.needs_mined_mapping)
+        if limit is not None:
+            if pair_data.mined_distances is None:
+                raise ValueError(
+                    f"MinedOptions.max_distance={limit} needs the pair directory's "
+                    f"{tokenizer_info.MINED_DISTANCES_FILE} (tools/compute_mined_mapping.py)."
+                )
+            mined = tokenizer_info.limit_mined_mapping(
+                mined, pair_data.mined_distances, student.tokenizer, limit)
     return RunSetup(
         student=student,
         teacher=teacher,
